@@ -1,0 +1,141 @@
+"""``GET /api/v1/runs/{runId}/events``: check the request, then hand the socket to the hub.
+
+The handler is only an adapter: it authenticates, looks the run up (off the IOLoop), and
+either answers with a JSON error through Tornado or detaches the connection and gives its
+socket to an ``EventStream`` the hub owns from then on (SPEC 1.1).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import List, Optional, Tuple
+
+import tornado.ioloop
+
+from sentri import sse
+from sentri.http import stream_head
+from sentri.store import StreamLookup, StreamOutcome
+from sentri.stream import CloseReason, EventStream
+from sentri.tokens import Identity, extract_token, verify
+
+from .base import ApiError, JsonHandler
+
+AUTH_REQUIRED = {"error": "Authentication required."}
+NO_WORKSPACE = {"error": "You are not a member of any workspace. Please contact your administrator."}
+RUN_NOT_FOUND = {"error": "not found"}
+PROJECT_NOT_FOUND = {"error": "project not found"}
+TOO_MANY_LISTENERS = {"error": "too many SSE listeners on this run", "retryAfter": 5}
+DATABASE_UNAVAILABLE = {"error": "database unavailable"}
+
+# Run ids are short printable words (RUN-12). Anything else (control characters, NUL,
+# kilobytes of text) cannot name a run, so it is "not found" without touching the database.
+RUN_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+class RunEventsHandler(JsonHandler):
+    _client_gone = False
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+
+    async def authenticate(self) -> Identity:
+        token = extract_token(
+            self.get_cookie,
+            self.request.headers.get("Authorization"),
+            self.get_query_argument("token", None),
+        )
+        identity = verify(token, self.context.settings.jwt_secret) if token else None
+        if identity is None or (identity.jti and await self.context.revocations.is_revoked(identity.jti)):
+            raise ApiError(401, AUTH_REQUIRED)
+        return identity
+
+    async def get(self, run_id: str) -> None:
+        identity = await self.authenticate()
+        if not RUN_ID_PATTERN.fullmatch(run_id):
+            # Still resolve the workspace: an invalid id must cost what a missing one costs.
+            await self.context.store.open_stream(identity.user_id, identity.workspace_id, "")
+            raise ApiError(404, RUN_NOT_FOUND)
+        hub = self.context.hub
+        stream = hub.reserve(run_id, identity.jti, self.request.remote_ip or "")
+        try:
+            lookup = await self.context.store.open_stream(identity.user_id, identity.workspace_id, run_id)
+        except Exception as error:
+            if stream is not None:
+                stream.close(CloseReason.REFUSED)
+            raise ApiError(503, DATABASE_UNAVAILABLE, f"stream lookup failed: {type(error).__name__}") from None
+        try:
+            self._check(lookup, stream)
+        except ApiError:
+            if stream is not None:
+                stream.close(CloseReason.REFUSED)
+            raise
+        if stream is None:  # over the cap, but the run is finished: it needs no slot
+            stream = EventStream(hub, run_id, identity.jti, self.request.remote_ip or "")
+        stream.workspace_id = lookup.workspace_id
+        taken = self._take_socket()
+        if taken is None:
+            stream.close(CloseReason.CLIENT_GONE)
+            return
+        sock, chunked = taken
+        stream.attach_socket(sock, chunked)
+        head = self._head(lookup, chunked)
+        if lookup.is_running:
+            hub.open(stream, head)
+        else:
+            hub.finish(stream, head)
+
+    def _check(self, lookup: StreamLookup, stream: Optional[EventStream]) -> None:
+        if lookup.outcome is StreamOutcome.NO_WORKSPACE:
+            raise ApiError(403, NO_WORKSPACE)
+        if lookup.outcome is StreamOutcome.RUN_NOT_FOUND:
+            raise ApiError(404, RUN_NOT_FOUND)
+        if lookup.outcome is StreamOutcome.PROJECT_NOT_FOUND:
+            raise ApiError(404, PROJECT_NOT_FOUND)
+        if stream is None and lookup.is_running:
+            self.set_header("Retry-After", "5")
+            raise ApiError(503, TOO_MANY_LISTENERS)
+
+    def extra_headers(self) -> List[Tuple[str, str]]:
+        return []
+
+    def _head(self, lookup: StreamLookup, chunked: bool) -> bytes:
+        frames = [sse.data_frame(lookup.snapshot_json)]
+        if not lookup.is_running:
+            frames.append(sse.data_frame(lookup.done_json))
+        body = b"".join(sse.chunk(frame) for frame in frames) if chunked else b"".join(frames)
+        return stream_head(chunked, self.extra_headers()) + body
+
+    def _take_socket(self) -> Optional[Tuple[socket.socket, bool]]:
+        """Detach the connection from Tornado and return its socket, or None if the client left."""
+        connection_stream = getattr(self.request.connection, "stream", None)
+        if self._client_gone or connection_stream is None or connection_stream.closed():
+            return None
+        chunked = self.request.version == "HTTP/1.1"
+        iostream = self.detach()
+        sock = iostream.socket
+        # Tornado may still watch the descriptor for errors; the stream registers its own reader.
+        tornado.ioloop.IOLoop.current().remove_handler(sock.fileno())
+        iostream.socket = None  # type: ignore[assignment]
+        return sock, chunked
+
+
+class LegacyPrefixRedirectHandler(JsonHandler):
+    """``/api/...`` (not ``/api/v1/...``) -> 308 to ``/api/v1/...``, query string kept (SPEC 1.1)."""
+
+    def _redirect(self, rest: str) -> None:
+        raw_path = self.request.path  # still percent-encoded, as the client sent it
+        target = "/api/v1/" + raw_path[len("/api/"):]
+        if self.request.query:
+            target += "?" + self.request.query
+        self.set_status(308)
+        self.set_header("Location", target)
+        self.finish()
+
+    get = head = post = put = delete = patch = options = _redirect  # type: ignore[assignment]
+
+
+default_handlers = [
+    (r"/api/v1/runs/([^/]+)/events", RunEventsHandler),
+    (r"/api/(?!v1(?:/|$))(.*)", LegacyPrefixRedirectHandler),
+]

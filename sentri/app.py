@@ -1,0 +1,84 @@
+"""Composition root: builds the services from settings and the Tornado application on them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, List, Optional, Tuple
+
+import tornado.web
+
+from handlers.base import NotFoundHandler
+from handlers.events import default_handlers as event_handlers
+
+from .bus import Bus
+from .config import Settings, SettingsError
+from .context import Context
+from .hub import Hub
+from .logs import log_request
+from .signing import ArtifactSigner
+from .store import Store, open_database
+
+
+def new_instance_id() -> str:
+    # Same shape as the Node seed's `inst_<ms>_<random>`; unique per process.
+    return f"py_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+
+
+def make_bus(settings: Settings, instance_id: str) -> Bus:
+    if not settings.redis_url:
+        return Bus()
+    from .bus.redis import RedisBus
+
+    return RedisBus(settings.redis_url, instance_id)
+
+
+def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
+    """Every service the handlers use, wired together; raises SettingsError on bad settings."""
+    if not settings.jwt_secret:
+        raise SettingsError("JWT_SECRET is not set: the server cannot check tokens without it")
+    database = open_database(settings.database_url, settings.data_dir, settings.db_workers)
+    store = Store(database, ArtifactSigner(settings.artifact_signing_secret, settings.artifact_token_ttl_ms),
+                  settings.db_workers)
+    try:
+        store.bind()
+    except Exception as error:  # the first contact with the database: say what failed in one line
+        store.close()
+        raise SettingsError(f"DATABASE_URL: cannot open the database ({type(error).__name__}: {str(error).strip()})"
+                            ) from None
+    instance_id = settings.instance_id or new_instance_id()
+    bus = bus or make_bus(settings, instance_id)
+    hub = Hub(
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        max_listeners_per_run=settings.sse_max_listeners_per_run,
+        max_writable_bytes=settings.sse_max_writable_bytes,
+        bus=bus,
+    )
+    return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id)
+
+
+def routes(context: Context) -> List[Tuple[Any, ...]]:
+    return [(pattern, handler, {"context": context}) for pattern, handler in event_handlers]
+
+
+def make_app(context: Context) -> tornado.web.Application:
+    return tornado.web.Application(
+        routes(context),
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"context": context},
+        log_function=log_request,
+        serve_traceback=False,
+        compress_response=False,
+    )
+
+
+async def start(context: Context) -> None:
+    """Start the timers and the relay; call on the IOLoop that will serve."""
+    context.hub.start()
+    await context.bus.start()
+
+
+async def stop(context: Context) -> None:
+    context.hub.stop()
+    await context.bus.close()
+    context.store.close()

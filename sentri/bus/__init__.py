@@ -1,0 +1,45 @@
+"""How events travel between processes. The hub talks to one ``Bus`` and never asks which.
+
+``LocalBus`` is the single-instance default (no Redis): nothing to relay. ``RedisBus``
+(``sentri.bus.redis``) relays through Redis pub/sub, compatible with the Node backend.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..hub import Hub
+
+
+class Bus:
+    """The interface; also the in-process implementation, where every method has nothing to do."""
+
+    #: Whether ``publish`` sends anywhere: when False, events for runs without local
+    #: listeners are dropped before they are even encoded.
+    relays = False
+
+    def attach(self, hub: "Hub") -> None:
+        """Called once by the hub that receives this bus's messages."""
+
+    def subscribe(self, run_id: str) -> None:
+        """The process now has a local listener for this run."""
+
+    def unsubscribe(self, run_id: str) -> None:
+        """The process's last local listener for this run left."""
+
+    def publish(self, run_id: str, event_json: bytes) -> None:
+        """Send an event (already delivered locally) to the other processes."""
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        """Begin relaying; must not fail when the broker is unreachable."""
+
+    async def close(self) -> None:
+        """Stop relaying and release connections."""
+
+
+LocalBus = Bus

@@ -1,0 +1,188 @@
+"""The ``sentri`` command: ``serve``, ``demo``, ``token``.
+
+``main()`` is a row of small steps (parse, read settings, set up logging, build, run); any
+bad setting ends it with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import secrets
+import signal
+import sys
+from typing import Callable, List, Optional, Sequence
+
+import tornado.httpserver
+import tornado.netutil
+
+from . import __version__
+from .app import build_context, make_app, start, stop
+from .config import Settings, SettingsError, add_setting_flags, load_settings
+from .context import Context
+from .logs import configure_logging
+
+log = logging.getLogger("sentri")
+
+LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once; the default 128 would drop SYNs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentri",
+        description="Sentri live: streams test-run events to browsers over Server-Sent Events.",
+    )
+    parser.add_argument("--version", action="version", version=f"sentri {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    serve = commands.add_parser("serve", help="run the stream server", description="Run the stream server.")
+    add_setting_flags(serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the server on a local SQLite file with simulated runs (no setup needed)",
+        description="Create a SQLite database in the data folder with a demo workspace, user and project, "
+        "serve it, and drive simulated test runs; prints a ready-to-paste curl command.",
+    )
+    demo.add_argument("--step-s", type=float, default=1.0, help="seconds between simulated steps [default 1.0]")
+    demo.add_argument("--runs", type=int, default=None, help="stop after this many runs [default: forever]")
+    add_setting_flags(demo)
+
+    token = commands.add_parser(
+        "token",
+        help="print a valid access token for an existing user",
+        description="Print an HS256 access token (signed with JWT_SECRET) for a user in the database.",
+    )
+    token.add_argument("--user", required=True, help="the user's id (users.id)")
+    token.add_argument("--workspace", default=None, help="workspace id to put in the token [default: none]")
+    token.add_argument("--lifetime-s", type=int, default=7 * 24 * 3600, help="token lifetime [default 7 days]")
+    add_setting_flags(token)
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"sentri: {message}", file=sys.stderr)
+    return 2
+
+
+def demo_secret(data_dir: str) -> str:
+    """The demo's JWT secret, kept in the data folder so printed tokens survive a restart."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "demo-jwt-secret")
+    if not os.path.exists(path):
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+def listen(context: Context) -> tornado.httpserver.HTTPServer:
+    settings = context.settings
+    try:
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise SettingsError(f"PORT: {settings.host}:{settings.port} is already in use") from None
+        raise SettingsError(f"cannot listen on {settings.host}:{settings.port}: {error.strerror}") from None
+    server = tornado.httpserver.HTTPServer(make_app(context), xheaders=True, max_header_size=16 * 1024)
+    server.add_sockets(sockets)
+    return server
+
+
+def bound_port(server: tornado.httpserver.HTTPServer) -> int:
+    return int(next(iter(server._sockets.values())).getsockname()[1])
+
+
+async def run_server(context: Context, after_start: Optional[Callable[[int], None]] = None) -> None:
+    server = listen(context)
+    await start(context)
+    port = bound_port(server)
+    log.info("listening on http://%s:%d", context.settings.host, port)
+    if after_start is not None:
+        after_start(port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        server.stop()
+        await stop(context)
+
+
+def serve(settings: Settings) -> int:
+    context = build_context(settings)
+    asyncio.run(run_server(context))
+    return 0
+
+
+def demo(settings: Settings, step_s: float, runs: Optional[int]) -> int:
+    from .demo import DEMO_USER, DEMO_WORKSPACE_ID, drive_runs
+    from .tokens import mint
+
+    if not settings.jwt_secret:
+        settings = settings.replace(jwt_secret=demo_secret(settings.data_dir))
+    context = build_context(settings)
+    token = mint(settings.jwt_secret, DEMO_USER, DEMO_WORKSPACE_ID)
+
+    async def main() -> None:
+        base: List[str] = []
+
+        def announce(run_id: str) -> None:
+            print(f"\nRun {run_id} is live. Watch it stream:\n\n"
+                  f"  curl -N '{base[0]}/api/v1/runs/{run_id}/events?token={token}'\n", flush=True)
+
+        def ready(port: int) -> None:
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+            base.append(f"http://{host}:{port}")
+            task = asyncio.ensure_future(drive_runs(context, announce, step_s=step_s, runs=runs))
+            if runs is not None:
+                task.add_done_callback(lambda _: os.kill(os.getpid(), signal.SIGTERM))
+
+        await run_server(context, after_start=ready)
+
+    asyncio.run(main())
+    return 0
+
+
+def token(settings: Settings, user_id: str, workspace: Optional[str], lifetime_s: int) -> int:
+    from .models import User
+    from .tokens import mint
+
+    if not settings.jwt_secret:
+        raise SettingsError("JWT_SECRET is not set: a token signed with no secret would be refused")
+    context = build_context(settings)
+    try:
+        with context.store.database.connection_context():
+            row = User.select(User.id, User.email, User.name, User.role).where(User.id == user_id).dicts().first()
+    finally:
+        context.store.close()
+    if row is None:
+        raise SettingsError(f"--user: no user with id {user_id!r}")
+    print(mint(settings.jwt_secret, row, workspace, lifetime_s))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(os.environ, args)
+        configure_logging(settings.log_level, settings.log_json)
+        if args.command == "serve":
+            return serve(settings)
+        if args.command == "demo":
+            return demo(settings, args.step_s, args.runs)
+        return token(settings, args.user, args.workspace, args.lifetime_s)
+    except SettingsError as error:
+        return fail(str(error))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Every setting, declared once: name, type, default, unit and description.
+
+Names are the Node backend's where it has one (SPEC 1.8), so one environment file serves
+both; settings new to this project are prefixed ``SENTRI_``. Each setting is also a
+command-line flag derived from its name (``SSE_MAX_WRITABLE_BYTES`` -> ``--sse-max-writable-bytes``,
+``SENTRI_HEARTBEAT_INTERVAL_S`` -> ``--heartbeat-interval-s``). A flag beats the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot run with; the message is one clear line."""
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _parse_list(text: str) -> Tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    description: str
+    secret: bool = False
+    minimum: Optional[float] = None
+
+    @property
+    def attribute(self) -> str:
+        name = self.name.lower()
+        return name[len("sentri_"):] if name.startswith("sentri_") else name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.attribute.replace("_", "-")
+
+    @property
+    def type_name(self) -> str:
+        return {int: "integer", float: "number", _parse_bool: "boolean", _parse_list: "list"}.get(
+            self.parse, "string"
+        )
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("PORT", int, 3001, "TCP port the server listens on.", minimum=0),
+    Setting("SENTRI_HOST", str, "127.0.0.1", "Address the server binds (0.0.0.0 for all interfaces)."),
+    Setting(
+        "DATABASE_URL",
+        str,
+        "",
+        "Database: unset for the SQLite file SENTRI_DATA_DIR/sentri.db, sqlite:///path/file.db, "
+        "or postgres://user:pass@host:port/db.",
+        secret=True,
+    ),
+    Setting("SENTRI_DATA_DIR", str, "data", "Folder for the default SQLite database (created when missing)."),
+    Setting("REDIS_URL", str, "", "Redis for the relay between instances; unset: single instance.", secret=True),
+    Setting("JWT_SECRET", str, "", "HMAC secret of Sentri's HS256 access tokens (required by serve).", secret=True),
+    Setting(
+        "ARTIFACT_SECRET",
+        str,
+        "",
+        "HMAC secret for signed artifact URLs; unset: JWT_SECRET.",
+        secret=True,
+    ),
+    Setting("ARTIFACT_TOKEN_TTL_MS", int, 3_600_000, "Lifetime of a signed artifact URL, in milliseconds.", minimum=1),
+    Setting("CORS_ORIGIN", _parse_list, (), "Comma-separated browser origins allowed to open streams with credentials."),
+    Setting("LOG_JSON", _parse_bool, False, "Write logs as one JSON object per line."),
+    Setting("LOG_LEVEL", str, "info", "Log level: debug, info, warn, error."),
+    Setting("SSE_MAX_LISTENERS_PER_RUN", int, 50, "Open streams allowed per run on one instance; beyond: 503.", minimum=1),
+    Setting(
+        "SSE_MAX_WRITABLE_BYTES",
+        int,
+        1_048_576,
+        "Unsent bytes a stream may hold before it is disconnected as too slow, in bytes.",
+        minimum=1,
+    ),
+    Setting("SENTRI_HEARTBEAT_INTERVAL_S", float, 5.0, "Seconds between ': heartbeat' comments.", minimum=0.001),
+    Setting("SENTRI_DB_WORKERS", int, 4, "Threads (each with its own pooled connection) running database lookups.", minimum=1),
+    Setting("SENTRI_INSTANCE_ID", str, "", "Unique id of this process on the relay; unset: generated at start."),
+)
+
+SETTINGS_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+class Settings:
+    """Resolved values, one attribute per setting (``settings.heartbeat_interval_s``)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        for setting in SETTINGS:
+            setattr(self, setting.attribute, values.get(setting.attribute, setting.default))
+
+    def replace(self, **changes: Any) -> "Settings":
+        values = {setting.attribute: getattr(self, setting.attribute) for setting in SETTINGS}
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        values.update(changes)
+        return Settings(values)
+
+    @property
+    def artifact_signing_secret(self) -> str:
+        return self.artifact_secret or self.jwt_secret
+
+    def __getattr__(self, name: str) -> Any:  # only reached for unknown names; keeps mypy honest
+        raise AttributeError(name)
+
+
+def _convert(setting: Setting, raw: str, source: str) -> Any:
+    try:
+        value = setting.parse(raw)
+    except ValueError:
+        raise SettingsError(f"{source} {setting.name}: expected {setting.type_name}, got {raw!r}") from None
+    if setting.minimum is not None and value < setting.minimum:
+        raise SettingsError(f"{source} {setting.name}: must be at least {setting.minimum:g}, got {raw!r}")
+    return value
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, settings: Sequence[Setting] = SETTINGS) -> None:
+    group = parser.add_argument_group("settings (each also read from the environment variable named)")
+    for setting in settings:
+        default = "unset" if setting.default in ("", ()) else setting.default
+        group.add_argument(
+            setting.flag,
+            dest=setting.attribute,
+            metavar=setting.type_name.upper(),
+            default=None,
+            help=f"{setting.description} [env {setting.name}; default {default}]",
+        )
+
+
+def load_settings(environ: Mapping[str, str], flags: Optional[argparse.Namespace] = None) -> Settings:
+    """Resolve every setting: flag, else environment variable, else default."""
+    values: Dict[str, Any] = {}
+    for setting in SETTINGS:
+        flag_value = getattr(flags, setting.attribute, None) if flags is not None else None
+        if flag_value is not None:
+            values[setting.attribute] = _convert(setting, flag_value, "flag for")
+        elif environ.get(setting.name) not in (None, ""):
+            values[setting.attribute] = _convert(setting, environ[setting.name], "environment variable")
+    return Settings(values)
+
+
+def settings_reference() -> List[str]:
+    """The README's configuration table, generated from the declarations above."""
+    rows = ["| Variable | Flag | Default | Description |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.default
+        shown = "unset" if default in ("", ()) else f"`{default}`"
+        rows.append(f"| `{setting.name}` | `{setting.flag}` | {shown} | {setting.description} |")
+    return rows
+
+
+def from_environment() -> Settings:
+    return load_settings(os.environ)

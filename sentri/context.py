@@ -1,0 +1,24 @@
+"""The services a handler needs, built once by the application and handed to each handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .bus import Bus
+from .config import Settings
+from .hub import Hub
+from .revocation import Revocations
+from .store import Store
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    hub: Hub
+    bus: Bus
+    instance_id: str
+    revocations: Revocations = field(default_factory=Revocations)
+    draining: bool = False
+    publish_token: Optional[str] = None

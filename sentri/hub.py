@@ -1,0 +1,173 @@
+"""The registry of open streams: run id -> its listeners; fan-out, heartbeats, one teardown.
+
+Each event is encoded once (``Frame``) and the same bytes are written to every listener.
+Heartbeats come from one shared timer, not one per stream: streams are spread over the
+slots of a wheel that turns once per heartbeat interval, so each stream gets its comment
+every interval and the writes are spread evenly instead of bursting.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
+
+from tornado.ioloop import PeriodicCallback
+
+from . import sse
+from .bus import Bus
+from .stream import HEARTBEAT_FRAME, CloseReason, EventStream, Frame
+
+log = logging.getLogger("sentri.hub")
+
+DONE = "done"
+WHEEL_SLOTS = 10
+
+
+class HubObserver:
+    """What the hub reports as it works; metrics and logs implement it. Calls are per event, not per write."""
+
+    def stream_opened(self, stream: EventStream) -> None:
+        pass
+
+    def stream_closed(self, stream: EventStream) -> None:
+        pass
+
+    def event_delivered(self, run_id: str, listeners: int, nbytes: int) -> None:
+        pass
+
+    def heartbeats_sent(self, count: int) -> None:
+        pass
+
+
+class Hub:
+    def __init__(
+        self,
+        heartbeat_interval_s: float,
+        max_listeners_per_run: int,
+        max_writable_bytes: int,
+        bus: Optional[Bus] = None,
+        observer: Optional[HubObserver] = None,
+    ) -> None:
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.max_listeners_per_run = max_listeners_per_run
+        self.max_writable_bytes = max_writable_bytes
+        self.bus = bus or Bus()
+        self.observer = observer or HubObserver()
+        self.runs: Dict[str, Set[EventStream]] = {}
+        self._wheel: List[Set[EventStream]] = [set() for _ in range(WHEEL_SLOTS)]
+        self._cursor = 0
+        self._ticker: Optional[PeriodicCallback] = None
+        self.bus.attach(self)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._ticker is None:
+            self._ticker = PeriodicCallback(self._tick, self.heartbeat_interval_s * 1000 / WHEEL_SLOTS)
+            self._ticker.start()
+
+    def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        self._cursor = (self._cursor + 1) % WHEEL_SLOTS
+        due = self._wheel[self._cursor]
+        if not due:
+            return
+        for stream in list(due):
+            stream.send(HEARTBEAT_FRAME)
+        self.observer.heartbeats_sent(len(due))
+
+    # -- registration -------------------------------------------------------------------------
+
+    def listener_count(self, run_id: str) -> int:
+        return len(self.runs.get(run_id, ()))
+
+    @property
+    def stream_count(self) -> int:
+        return sum(len(streams) for streams in self.runs.values())
+
+    def streams(self) -> Iterable[EventStream]:
+        for streams in list(self.runs.values()):
+            yield from list(streams)
+
+    def reserve(self, run_id: str, jti: Optional[str] = None, client_ip: str = "") -> Optional[EventStream]:
+        """Register a pending listener before the run is read (SPEC 2.1), or None at the cap."""
+        streams = self.runs.get(run_id)
+        if streams is None:
+            streams = self.runs[run_id] = set()
+            self.bus.subscribe(run_id)
+        elif len(streams) >= self.max_listeners_per_run:
+            return None
+        stream = EventStream(self, run_id, jti, client_ip)
+        streams.add(stream)
+        return stream
+
+    def open(self, stream: EventStream, head: bytes) -> None:
+        """Go live: write the response head and snapshot, then what arrived meanwhile, in order."""
+        stream.write(head)
+        held = stream.release_held()
+        if stream.closed:
+            return
+        self._wheel[self._cursor].add(stream)
+        stream.slot = self._cursor
+        self.observer.stream_opened(stream)
+        for frame in held:
+            stream.send(frame)
+
+    def finish(self, stream: EventStream, head: bytes) -> None:
+        """Serve a finished run: the head, snapshot and ``done`` already in ``head``; then end."""
+        stream.release_held()
+        self.observer.stream_opened(stream)
+        stream.write(head)
+        stream.end(CloseReason.DONE)
+
+    def forget(self, stream: EventStream) -> None:
+        """Take a stream out of the registry and the wheel; the run's last one unsubscribes."""
+        if stream.slot >= 0:
+            self._wheel[stream.slot].discard(stream)
+            stream.slot = -1
+        streams = self.runs.get(stream.run_id)
+        if streams is None or stream not in streams:
+            return
+        streams.discard(stream)
+        if not streams:
+            del self.runs[stream.run_id]
+            self.bus.unsubscribe(stream.run_id)
+
+    def stream_closed(self, stream: EventStream) -> None:
+        self.observer.stream_closed(stream)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> None:
+        """Deliver an event to this process's listeners, then relay it (the seed's emitRunEvent)."""
+        if run_id not in self.runs and not self.bus.relays:
+            return  # nobody here and nobody to relay to: an event nobody sees costs nothing
+        event: Dict[str, Any] = {"type": event_type}
+        if payload:
+            event.update(payload)
+            event.pop("_origin", None)
+        data = sse.to_utf8(sse.dumps_js(event))
+        self.deliver(run_id, Frame(sse.data_frame(data), ends_stream=event_type == DONE))
+        self.bus.publish(run_id, data)
+
+    def deliver(self, run_id: str, frame: Frame) -> int:
+        """Write one encoded event to every local listener of the run; ``done`` ends them."""
+        streams = self.runs.get(run_id)
+        if not streams:
+            return 0
+        listeners = list(streams)
+        for stream in listeners:
+            stream.send(frame)
+        self.observer.event_delivered(run_id, len(listeners), len(frame.raw))
+        return len(listeners)
+
+    def close_where(self, predicate: Callable[[EventStream], bool], reason: str) -> int:
+        """End every stream matching ``predicate`` (revoked tokens, drain); returns how many."""
+        matched = [stream for stream in self.streams() if predicate(stream)]
+        for stream in matched:
+            stream.end(reason)
+        return len(matched)

@@ -1,0 +1,81 @@
+"""Logging setup: plain or JSON lines, level from LOG_LEVEL, and an access log without secrets.
+
+Tornado's own access line holds the full URI, ``?token=`` included (SPEC 2.2), so the
+application logs the path without the query string instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Dict
+
+import tornado.web
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+access_log = logging.getLogger("sentri.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the Node backend's field names (level, time, msg)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: Dict[str, Any] = {
+            "level": record.levelname.lower().replace("warning", "warn"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + ".%03dZ" % record.msecs,
+            "msg": record.getMessage(),
+            "logger": record.name,
+        }
+        entry.update(getattr(record, "fields", {}) or {})
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = record.exc_info[0].__name__
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
+class PlainFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        return line
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        # Exception text can quote request data (tokens in URLs); name the type only.
+        return f"  {ei[0].__name__}" if ei and ei[0] else ""
+
+
+def level_of(name: str) -> int:
+    return LEVELS.get(name.strip().lower(), logging.INFO)
+
+
+def configure_logging(level: str, as_json: bool, stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if as_json else PlainFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level_of(level))
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's ``log_function``: one access line, path only (never the query string)."""
+    status = handler.get_status()
+    request = handler.request
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "ms": round(request.request_time() * 1000, 2),
+        "ip": request.remote_ip,
+    }
+    level = logging.INFO if status < 500 else logging.ERROR
+    access_log.log(level, "%s %s %d", request.method, request.path, status, extra={"fields": fields})

@@ -1,0 +1,180 @@
+"""The tables the Node backend created (SPEC 1.7), as peewee models, and their DDL.
+
+Field names are the camelCase keys the Node API sends, on purpose: a run's field names are
+its JSON keys. Column names are the same words in lower case: PostgreSQL folds the Node
+backend's unquoted camelCase columns to lower case (``projectid``), and SQLite matches
+column names case-insensitively, so one set of models reads tables created by either side.
+
+Tables are created with the Node backend's own style of DDL (unquoted camelCase), not with
+peewee's ``create_table``: peewee would quote the names, and a quoted ``"projectId"`` on
+PostgreSQL is a different column from the Node backend's ``projectid``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import peewee
+
+database_proxy = peewee.DatabaseProxy()
+
+
+def text(camel: str, **kwargs: object) -> peewee.TextField:
+    return peewee.TextField(column_name=camel.lower(), null=True, **kwargs)  # type: ignore[arg-type]
+
+
+def integer(camel: str) -> peewee.IntegerField:
+    return peewee.IntegerField(column_name=camel.lower(), null=True)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+
+
+class Workspace(BaseModel):
+    id = peewee.TextField(primary_key=True)
+    name = text("name")
+    slug = text("slug")
+    ownerId = text("ownerId")
+    createdAt = text("createdAt")
+    updatedAt = text("updatedAt")
+
+    class Meta:
+        table_name = "workspaces"
+
+
+class WorkspaceMember(BaseModel):
+    id = peewee.TextField(primary_key=True)
+    workspaceId = text("workspaceId")
+    userId = text("userId")
+    role = text("role")
+    joinedAt = text("joinedAt")
+
+    class Meta:
+        table_name = "workspace_members"
+
+
+class User(BaseModel):
+    id = peewee.TextField(primary_key=True)
+    name = text("name")
+    email = text("email")
+    passwordHash = text("passwordHash")
+    role = text("role")
+    avatar = text("avatar")
+    createdAt = text("createdAt")
+    updatedAt = text("updatedAt")
+    emailVerified = integer("emailVerified")
+
+    class Meta:
+        table_name = "users"
+
+
+class Project(BaseModel):
+    id = peewee.TextField(primary_key=True)
+    name = text("name")
+    url = text("url")
+    credentials = text("credentials")
+    status = text("status")
+    createdAt = text("createdAt")
+    deletedAt = text("deletedAt")
+    workspaceId = text("workspaceId")
+
+    class Meta:
+        table_name = "projects"
+
+
+class Run(BaseModel):
+    id = peewee.TextField(primary_key=True)
+    projectId = text("projectId")
+    type = text("type")
+    status = text("status")
+    startedAt = text("startedAt")
+    finishedAt = text("finishedAt")
+    duration = integer("duration")
+    error = text("error")
+    errorCategory = text("errorCategory")
+    passed = integer("passed")
+    failed = integer("failed")
+    total = integer("total")
+    pagesFound = integer("pagesFound")
+    parallelWorkers = integer("parallelWorkers")
+    tracePath = text("tracePath")
+    videoPath = text("videoPath")
+    videoSegments = text("videoSegments")
+    logs = text("logs")
+    tests = text("tests")
+    results = text("results")
+    testQueue = text("testQueue")
+    generateInput = text("generateInput")
+    promptAudit = text("promptAudit")
+    pipelineStats = text("pipelineStats")
+    feedbackLoop = text("feedbackLoop")
+    currentStep = integer("currentStep")
+    rateLimitError = text("rateLimitError")
+    qualityAnalytics = text("qualityAnalytics")
+    deletedAt = text("deletedAt")
+    workspaceId = text("workspaceId")
+    pages = text("pages")
+    browser = text("browser")
+    retryCount = integer("retryCount")
+    failedAfterRetry = integer("failedAfterRetry")
+    networkCondition = text("networkCondition")
+
+    class Meta:
+        table_name = "runs"
+
+
+class RunLog(BaseModel):
+    id = peewee.AutoField()
+    runId = text("runId")
+    seq = integer("seq")
+    level = text("level")
+    message = text("message")
+    createdAt = text("createdAt")
+
+    class Meta:
+        table_name = "run_logs"
+
+
+MODELS = (Workspace, WorkspaceMember, User, Project, Run, RunLog)
+
+# JSON text columns of a run (SPEC 1.3): the list ones read as [] when empty or unreadable,
+# the others as null.
+RUN_JSON_LIST_KEYS = ("tests", "results", "videoSegments", "pages")
+RUN_JSON_OBJECT_KEYS = (
+    "testQueue",
+    "generateInput",
+    "promptAudit",
+    "pipelineStats",
+    "feedbackLoop",
+    "qualityAnalytics",
+)
+
+
+def _ddl_type(field: peewee.Field, dialect: str) -> str:
+    if isinstance(field, peewee.AutoField):
+        return "SERIAL PRIMARY KEY" if dialect == "postgres" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    kind = "INTEGER" if isinstance(field, peewee.IntegerField) else "TEXT"
+    return f"{kind} PRIMARY KEY" if field.primary_key else kind
+
+
+def create_table_statements(dialect: str) -> Dict[str, List[str]]:
+    """Per table, the statements that create it as the Node backend does (unquoted camelCase)."""
+    extra: Dict[str, Tuple[str, ...]] = {
+        "workspaces": ("UNIQUE (slug)",),
+        "workspace_members": ("UNIQUE (workspaceId, userId)",),
+        "users": ("UNIQUE (email)",),
+    }
+    statements: Dict[str, List[str]] = {}
+    for model in MODELS:
+        table = model._meta.table_name
+        columns = [f"{field.name} {_ddl_type(field, dialect)}" for field in model._meta.sorted_fields]
+        body = ",\n  ".join(columns + list(extra.get(table, ())))
+        statements[table] = [f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}\n)"]
+    statements["run_logs"].append("CREATE INDEX IF NOT EXISTS idx_run_logs_run_seq ON run_logs (runId, seq)")
+    statements["projects"].append("CREATE INDEX IF NOT EXISTS idx_projects_workspace ON projects (workspaceId)")
+    statements["workspace_members"].append(
+        "CREATE INDEX IF NOT EXISTS idx_workspace_members_user ON workspace_members (userId)"
+    )
+    return statements

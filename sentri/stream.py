@@ -1,0 +1,238 @@
+"""One open event stream: a raw non-blocking socket, its unsent bytes, and one way out.
+
+After the HTTP request is checked, the handler detaches the connection from Tornado and
+the stream owns the socket. Tornado's request, handler and IOStream objects (about 18 KB an
+idle connection) are released; what stays is this object, the socket and one reader
+registration on the event loop. Writes go straight to ``socket.send``; only bytes the
+kernel would not take are kept, up to ``SSE_MAX_WRITABLE_BYTES``, past which the stream is
+cut so the client reconnects (SPEC 2.6). ``close()`` is the single exit: it unregisters the
+stream everywhere and closes the socket, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import time
+from typing import TYPE_CHECKING, Deque, List, Optional, Union
+
+from . import sse
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hub import Hub
+
+
+class CloseReason:
+    CLIENT_GONE = "client_gone"
+    DONE = "done"
+    DRAINED = "drained"
+    TOO_SLOW = "too_slow"
+    TOO_OLD = "too_old"
+    REVOKED = "revoked"
+    REFUSED = "refused"
+
+
+# How long a stream that was told to end may take to drain its last bytes to a slow reader.
+ENDING_GRACE_S = 10.0
+
+
+class Frame:
+    """One event, encoded once for every listener; the chunked form is built on first need."""
+
+    __slots__ = ("raw", "_chunked", "ends_stream", "event_id")
+
+    def __init__(self, raw: bytes, ends_stream: bool = False, event_id: Optional[str] = None) -> None:
+        self.raw = raw
+        self._chunked: Optional[bytes] = None
+        self.ends_stream = ends_stream
+        self.event_id = event_id
+
+    def wire(self, chunked: bool) -> bytes:
+        if not chunked:
+            return self.raw
+        if self._chunked is None:
+            self._chunked = sse.chunk(self.raw)
+        return self._chunked
+
+
+HEARTBEAT_FRAME = Frame(sse.HEARTBEAT)
+
+
+class EventStream:
+    """A listener on one run. PENDING (holding frames) until ``open``; then live; then closed."""
+
+    __slots__ = (
+        "hub",
+        "run_id",
+        "jti",
+        "workspace_id",
+        "client_ip",
+        "opened_at",
+        "sock",
+        "chunked",
+        "held",
+        "held_bytes",
+        "unsent",
+        "unsent_bytes",
+        "slot",
+        "ending",
+        "closed",
+        "close_reason",
+        "deadline",
+        "last_event_id",
+        "__weakref__",
+    )
+
+    def __init__(self, hub: "Hub", run_id: str, jti: Optional[str] = None, client_ip: str = "") -> None:
+        self.hub = hub
+        self.run_id = run_id
+        self.jti = jti
+        self.workspace_id: Optional[str] = None
+        self.client_ip = client_ip
+        self.opened_at = time.monotonic()
+        self.sock: Optional[socket.socket] = None
+        self.chunked = True
+        # Frames that arrive while the snapshot is being read wait here, so none is lost (SPEC 2.1).
+        self.held: Optional[List[Frame]] = []
+        self.held_bytes = 0
+        self.unsent: Optional[Deque[Union[bytes, memoryview]]] = None
+        self.unsent_bytes = 0
+        self.slot = -1
+        self.ending = False
+        self.closed = False
+        self.close_reason: Optional[str] = None
+        self.deadline: Optional[asyncio.TimerHandle] = None
+        self.last_event_id: Optional[str] = None
+
+    @property
+    def is_pending(self) -> bool:
+        return self.held is not None
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def send(self, frame: Frame) -> None:
+        if self.closed or self.ending:
+            return
+        held = self.held
+        if held is not None:
+            held.append(frame)
+            self.held_bytes += len(frame.raw)
+            if self.held_bytes > self.hub.max_writable_bytes:
+                self.close(CloseReason.TOO_SLOW)
+            return
+        self.write(frame.wire(self.chunked))
+        if frame.ends_stream:
+            self.end(CloseReason.DONE)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.unsent is not None:
+            self._keep(data)
+            return
+        try:
+            sent = self.sock.send(data)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close(CloseReason.CLIENT_GONE)
+            return
+        if sent < len(data):
+            self.unsent = collections.deque()
+            self._keep(memoryview(data)[sent:])
+            if not self.closed:
+                asyncio.get_running_loop().add_writer(self.sock.fileno(), self._on_writable)  # type: ignore[union-attr]
+
+    def _keep(self, data: Union[bytes, memoryview]) -> None:
+        self.unsent.append(data)  # type: ignore[union-attr]
+        self.unsent_bytes += len(data)
+        if self.unsent_bytes > self.hub.max_writable_bytes:
+            self.close(CloseReason.TOO_SLOW)
+
+    def _on_writable(self) -> None:
+        unsent = self.unsent
+        while unsent:
+            piece = unsent[0]
+            try:
+                sent = self.sock.send(piece)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close(CloseReason.CLIENT_GONE)
+                return
+            self.unsent_bytes -= sent
+            if sent < len(piece):
+                unsent[0] = memoryview(piece)[sent:]
+                return
+            unsent.popleft()
+        self.unsent = None
+        asyncio.get_running_loop().remove_writer(self.sock.fileno())  # type: ignore[union-attr]
+        if self.ending:
+            self.close(self.close_reason or CloseReason.DONE)
+
+    def _on_readable(self) -> None:
+        # A stream's client sends nothing after its request; readable means it hung up.
+        try:
+            data = self.sock.recv(4096)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(CloseReason.CLIENT_GONE)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def attach_socket(self, sock: socket.socket, chunked: bool) -> None:
+        self.sock = sock
+        self.chunked = chunked
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+
+    def release_held(self) -> List[Frame]:
+        held, self.held, self.held_bytes = self.held or [], None, 0
+        return held
+
+    def end(self, reason: str) -> None:
+        """Finish the response properly (last chunk), then close once the bytes are out."""
+        if self.closed or self.ending:
+            return
+        self.ending = True
+        self.close_reason = reason
+        self.hub.forget(self)
+        if self.sock is None:
+            self.close(reason)
+            return
+        if self.chunked:
+            self.write(sse.LAST_CHUNK)
+        if self.closed:
+            return
+        if self.unsent is None:
+            self.close(reason)
+        else:
+            self.deadline = asyncio.get_running_loop().call_later(ENDING_GRACE_S, self.close, CloseReason.TOO_SLOW)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.held = None
+        self.unsent = None
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        self.hub.forget(self)
+        sock = self.sock
+        if sock is not None:
+            loop = asyncio.get_running_loop()
+            fd = sock.fileno()
+            if fd >= 0:
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover - close never raises on Linux for a valid fd
+                pass
+            self.sock = None
+        self.hub.stream_closed(self)

@@ -1,0 +1,94 @@
+"""Sentri access tokens: HS256 JWTs (SPEC 1.4), read from a request and verified.
+
+Verification is PyJWT's: the signature is compared in constant time, ``exp`` must be in the
+future, and the header's ``alg`` must be HS256 (the Node check ignores ``alg``; SPEC 2.5).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import jwt
+
+ALGORITHM = "HS256"
+COOKIE_NAME = "access_token"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a valid token names. ``workspace_id`` is the token's claim, not yet checked."""
+
+    user_id: str
+    jti: Optional[str]
+    workspace_id: Optional[str]
+    expires_at: int
+
+
+def extract_token(
+    cookie: Callable[[str], Optional[str]],
+    authorization: Optional[str],
+    query_token: Optional[str],
+) -> Optional[str]:
+    """The token to check, tried in the Node order: cookie, then Bearer, then ``?token=``."""
+    from_cookie = cookie(COOKIE_NAME)
+    if from_cookie:
+        return from_cookie
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return query_token or None
+
+
+def verify(token: str, secret: str, is_revoked: Callable[[str], bool] = lambda jti: False) -> Optional[Identity]:
+    """The identity a token proves, or None for any token that is not valid now."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["exp", "sub"], "verify_aud": False, "verify_iat": False},
+        )
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    subject = claims.get("sub")
+    jti = claims.get("jti")
+    workspace_id = claims.get("workspaceId")
+    if not isinstance(subject, (str, int)) or isinstance(subject, bool):
+        return None
+    if jti is not None and not isinstance(jti, str):
+        return None
+    if isinstance(jti, str) and is_revoked(jti):
+        return None
+    return Identity(
+        user_id=str(subject),
+        jti=jti,
+        workspace_id=workspace_id if isinstance(workspace_id, str) else None,
+        expires_at=int(claims["exp"]),
+    )
+
+
+def mint(
+    secret: str,
+    user: Mapping[str, Any],
+    workspace_id: Optional[str] = None,
+    lifetime_s: int = 7 * 24 * 3600,
+    now: Optional[float] = None,
+) -> str:
+    """A token shaped like the Node backend's (sub, email, name, role, jti, workspaceId, iat, exp)."""
+    issued = int(time.time() if now is None else now)
+    payload: Dict[str, Any] = {
+        "sub": user["id"],
+        "email": user.get("email"),
+        "name": user.get("name"),
+        "role": user.get("role") or "user",
+        "jti": uuid.uuid4().hex,
+    }
+    if workspace_id is not None:
+        payload["workspaceId"] = workspace_id
+    payload["iat"] = issued
+    payload["exp"] = issued + lifetime_s
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)

@@ -1,0 +1,43 @@
+"""A private PostgreSQL database per test session on a server the env names."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+TABLES = ("run_logs", "runs", "projects", "workspace_members", "workspaces", "users")
+
+
+def _connect(url: str):  # type: ignore[no-untyped-def]
+    import psycopg2
+
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    return connection
+
+
+@contextlib.contextmanager
+def temporary_database(server_url: str) -> Iterator[str]:
+    name = f"sentri_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = _connect(server_url)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        parts = urlsplit(server_url)
+        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def drop_tables(url: str) -> None:
+    connection = _connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS " + ", ".join(TABLES) + " CASCADE")
+    finally:
+        connection.close()
