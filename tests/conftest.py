@@ -73,8 +73,12 @@ def context(settings: Settings, io_loop: Any) -> Iterator[Context]:
     io_loop.run_sync(context.bus.start)
     yield context
     context.hub.stop()
-    for stream in list(context.hub.streams()):
-        stream.close("test_teardown")
+
+    def close_streams() -> None:  # on the loop: closing unregisters the socket from it
+        for stream in list(context.hub.streams()):
+            stream.close("test_teardown")
+
+    io_loop.run_sync(close_streams)
     io_loop.run_sync(context.bus.close)
     context.store.close()
 
