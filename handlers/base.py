@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import http.client
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import tornado.web
 
 from sentri.context import Context
+from sentri.cors import cors_headers
 from sentri.sse import dumps_js
 
 
@@ -24,9 +25,20 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def initialize(self, context: Context) -> None:
         self.context = context
+        self.set_cors_headers()
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
+        # Also runs when an error clears the response, so JSON errors carry CORS headers too.
+        if hasattr(self, "context"):
+            self.set_cors_headers()
+
+    def set_cors_headers(self) -> None:
+        for name, value in self.cors_headers():
+            self.set_header(name, value)
+
+    def cors_headers(self) -> List[Tuple[str, str]]:
+        return cors_headers(self.request.headers.get("Origin"), self.context.settings.cors_origin)
 
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)

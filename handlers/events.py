@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 import tornado.ioloop
 
 from sentri import sse
+from sentri.cors import is_allowed, preflight_headers
 from sentri.http import stream_head
 from sentri.store import StreamLookup, StreamOutcome
 from sentri.stream import CloseReason, EventStream
@@ -27,6 +28,8 @@ RUN_NOT_FOUND = {"error": "not found"}
 PROJECT_NOT_FOUND = {"error": "project not found"}
 TOO_MANY_LISTENERS = {"error": "too many SSE listeners on this run", "retryAfter": 5}
 DATABASE_UNAVAILABLE = {"error": "database unavailable"}
+ORIGIN_NOT_ALLOWED = {"error": "origin not allowed"}
+SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
 
 # Run ids are short printable words (RUN-12). Anything else (control characters, NUL,
 # kilobytes of text) cannot name a run, so it is "not found" without touching the database.
@@ -61,6 +64,9 @@ class RunEventsHandler(JsonHandler):
             return "invalid"
 
     async def get(self, run_id: str) -> None:
+        if self.context.draining:  # a kept-alive connection asking after the listener closed
+            self.set_header("Retry-After", "1")
+            raise ApiError(503, SHUTTING_DOWN)
         identity = await self.authenticate()
         if not RUN_ID_PATTERN.fullmatch(run_id):
             # Still resolve the workspace: an invalid id must cost what a missing one costs.
@@ -80,6 +86,11 @@ class RunEventsHandler(JsonHandler):
             if stream is not None:
                 stream.close(CloseReason.REFUSED)
             raise
+        if self.context.draining:  # the drain began while the run was being read
+            if stream is not None:
+                stream.close(CloseReason.REFUSED)
+            self.set_header("Retry-After", "1")
+            raise ApiError(503, SHUTTING_DOWN)
         if stream is None:  # over the cap, but the run is finished: it needs no slot
             stream = EventStream(hub, run_id, identity.jti, self.request.remote_ip or "")
         stream.workspace_id = lookup.workspace_id
@@ -107,7 +118,17 @@ class RunEventsHandler(JsonHandler):
             raise ApiError(503, TOO_MANY_LISTENERS)
 
     def extra_headers(self) -> List[Tuple[str, str]]:
-        return []
+        return self.cors_headers()
+
+    def options(self, run_id: str) -> None:
+        """The CORS preflight of a fetch-based SSE client (headers beyond EventSource's)."""
+        origin = self.request.headers.get("Origin")
+        if not is_allowed(origin, self.context.settings.cors_origin):
+            raise ApiError(403, ORIGIN_NOT_ALLOWED)
+        for name, value in preflight_headers():
+            self.set_header(name, value)
+        self.set_status(204)
+        self.finish()
 
     def _head(self, lookup: StreamLookup, chunked: bool) -> bytes:
         frames = [sse.data_frame(lookup.snapshot_json)]

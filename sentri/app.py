@@ -10,14 +10,19 @@ import tornado.web
 
 from handlers.base import NotFoundHandler
 from handlers.events import default_handlers as event_handlers
+from handlers.health import default_handlers as health_handlers
+from handlers.metrics import default_handlers as metrics_handlers
 
 from .bus import Bus
 from .config import Settings, SettingsError
 from .context import Context
 from .hub import Hub
 from .logs import log_request
+from .metrics import Metrics
+from .observers import ObserverFanOut
 from .signing import ArtifactSigner
 from .store import Store, open_database
+from .streamlog import StreamLogObserver
 
 
 def new_instance_id() -> str:
@@ -48,17 +53,22 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
                             ) from None
     instance_id = settings.instance_id or new_instance_id()
     bus = bus or make_bus(settings, instance_id)
+    metrics = Metrics(bus)
+    store.timing = metrics.observe_lookup
     hub = Hub(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_listeners_per_run=settings.sse_max_listeners_per_run,
         max_writable_bytes=settings.sse_max_writable_bytes,
         bus=bus,
+        observer=ObserverFanOut([metrics, StreamLogObserver()]),
+        max_stream_age_s=settings.max_stream_age_s,
     )
-    return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id)
+    return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id, metrics=metrics)
 
 
 def routes(context: Context) -> List[Tuple[Any, ...]]:
-    return [(pattern, handler, {"context": context}) for pattern, handler in event_handlers]
+    return [(pattern, handler, {"context": context}) for pattern, handler in
+            [*event_handlers, *health_handlers, *metrics_handlers]]
 
 
 def make_app(context: Context) -> tornado.web.Application:

@@ -23,6 +23,7 @@ from . import __version__
 from .app import build_context, make_app, start, stop
 from .config import Settings, SettingsError, add_setting_flags, load_settings
 from .context import Context
+from .drain import drain
 from .logs import configure_logging
 
 log = logging.getLogger("sentri")
@@ -110,6 +111,9 @@ async def run_server(context: Context, after_start: Optional[Callable[[int], Non
         loop.add_signal_handler(signum, stopping.set)
     try:
         await stopping.wait()
+        # Stop accepting at once: nginx's next connect fails and it picks another instance.
+        server.stop()
+        await drain(context, context.settings.drain_window_s)
     finally:
         server.stop()
         await stop(context)

@@ -92,6 +92,29 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("SENTRI_HEARTBEAT_INTERVAL_S", float, 5.0, "Seconds between ': heartbeat' comments.", minimum=0.001),
     Setting("SENTRI_DB_WORKERS", int, 4, "Threads (each with its own pooled connection) running database lookups.", minimum=1),
     Setting("SENTRI_INSTANCE_ID", str, "", "Unique id of this process on the relay; unset: generated at start."),
+    Setting(
+        "SENTRI_DRAIN_WINDOW_S",
+        float,
+        10.0,
+        "On SIGTERM/SIGINT, seconds over which open streams are ended (spread, so clients do not reconnect together).",
+        minimum=0,
+    ),
+    Setting(
+        "SENTRI_MAX_STREAM_AGE_S",
+        float,
+        3600.0,
+        "Seconds after which a stream is ended so its client reconnects and resumes (jittered by up to 10%); 0: unlimited.",
+        minimum=0,
+    ),
+    Setting(
+        "SENTRI_METRICS_TOKEN",
+        str,
+        "",
+        "Bearer token required by GET /metrics (Prometheus text); unset: /metrics is disabled (404).",
+        secret=True,
+    ),
+    Setting("SENTRI_READY_TIMEOUT_S", float, 1.0, "Seconds /readyz waits for the database ping before failing.",
+            minimum=0.001),
 )
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

@@ -8,6 +8,7 @@ from typing import Optional
 from .bus import Bus
 from .config import Settings
 from .hub import Hub
+from .metrics import Metrics
 from .revocation import Revocations
 from .store import Store
 
@@ -22,3 +23,4 @@ class Context:
     revocations: Revocations = field(default_factory=Revocations)
     draining: bool = False
     publish_token: Optional[str] = None
+    metrics: Optional[Metrics] = None

@@ -9,6 +9,8 @@ every interval and the writes are spread evenly instead of bursting.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
 
 from tornado.ioloop import PeriodicCallback
@@ -21,6 +23,9 @@ log = logging.getLogger("sentri.hub")
 
 DONE = "done"
 WHEEL_SLOTS = 10
+# Each stream's age bound is shortened by up to this fraction, so streams opened together
+# (after a restart) do not all expire, and reconnect, together.
+MAX_AGE_JITTER = 0.1
 
 
 class HubObserver:
@@ -38,6 +43,12 @@ class HubObserver:
     def heartbeats_sent(self, count: int) -> None:
         pass
 
+    def event_emitted(self, run_id: str) -> None:
+        """An event was emitted on this instance (before local delivery and relay)."""
+
+    def resume_outcome(self, kind: str) -> None:
+        """A client sent Last-Event-ID; ``kind`` says how its resume went (called by the history code)."""
+
 
 class Hub:
     def __init__(
@@ -47,8 +58,10 @@ class Hub:
         max_writable_bytes: int,
         bus: Optional[Bus] = None,
         observer: Optional[HubObserver] = None,
+        max_stream_age_s: float = 0.0,
     ) -> None:
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.max_stream_age_s = max_stream_age_s
         self.max_listeners_per_run = max_listeners_per_run
         self.max_writable_bytes = max_writable_bytes
         self.bus = bus or Bus()
@@ -76,9 +89,17 @@ class Hub:
         due = self._wheel[self._cursor]
         if not due:
             return
+        # Each stream is visited once per heartbeat interval: the age check rides along for free.
+        now = time.monotonic()
+        beats = 0
         for stream in list(due):
+            if stream.expires_at and now >= stream.expires_at:
+                stream.end(CloseReason.TOO_OLD)
+                continue
             stream.send(HEARTBEAT_FRAME)
-        self.observer.heartbeats_sent(len(due))
+            beats += 1
+        if beats:
+            self.observer.heartbeats_sent(beats)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -113,6 +134,9 @@ class Hub:
             return
         self._wheel[self._cursor].add(stream)
         stream.slot = self._cursor
+        if self.max_stream_age_s > 0:
+            stream.expires_at = stream.opened_at + self.max_stream_age_s * (1 - MAX_AGE_JITTER * random.random())
+        stream.opened = True
         self.observer.stream_opened(stream)
         for frame in held:
             stream.send(frame)
@@ -120,6 +144,7 @@ class Hub:
     def finish(self, stream: EventStream, head: bytes) -> None:
         """Serve a finished run: the head, snapshot and ``done`` already in ``head``; then end."""
         stream.release_held()
+        stream.opened = True
         self.observer.stream_opened(stream)
         stream.write(head)
         stream.end(CloseReason.DONE)
@@ -138,7 +163,8 @@ class Hub:
             self.bus.unsubscribe(stream.run_id)
 
     def stream_closed(self, stream: EventStream) -> None:
-        self.observer.stream_closed(stream)
+        if stream.opened:  # refused or abandoned before going live: never counted as opened
+            self.observer.stream_closed(stream)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -151,6 +177,7 @@ class Hub:
             event.update(payload)
             event.pop("_origin", None)
         data = sse.to_utf8(sse.dumps_js(event))
+        self.observer.event_emitted(run_id)
         self.deliver(run_id, Frame(sse.data_frame(data), ends_stream=event_type == DONE))
         self.bus.publish(run_id, data)
 

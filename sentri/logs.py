@@ -14,6 +14,8 @@ from typing import Any, Dict
 
 import tornado.web
 
+from .redact import install_redaction
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -57,6 +59,7 @@ def level_of(name: str) -> int:
 
 
 def configure_logging(level: str, as_json: bool, stream: Any = None) -> None:
+    install_redaction()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else PlainFormatter())
     root = logging.getLogger()

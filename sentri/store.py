@@ -184,6 +184,8 @@ class Store:
         self.signer = signer
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sentri-db")
         self._run_fields: Sequence[peewee.Field] = Run._meta.sorted_fields
+        # Told how long each ``run`` took, queueing included (the metrics' lookup histogram).
+        self.timing: Callable[[float], None] = lambda seconds: None
 
     def bind(self) -> None:
         """Point the models at this database and learn which run columns the table has."""
@@ -201,7 +203,11 @@ class Store:
             with self.database.connection_context():
                 return work()
 
-        return await asyncio.get_running_loop().run_in_executor(self.executor, in_connection)
+        started = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, in_connection)
+        finally:
+            self.timing(time.monotonic() - started)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

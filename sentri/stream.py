@@ -81,6 +81,8 @@ class EventStream:
         "close_reason",
         "deadline",
         "last_event_id",
+        "opened",
+        "expires_at",
         "__weakref__",
     )
 
@@ -104,6 +106,10 @@ class EventStream:
         self.close_reason: Optional[str] = None
         self.deadline: Optional[asyncio.TimerHandle] = None
         self.last_event_id: Optional[str] = None
+        # Set by the hub when the stream goes live (open or finish): only such streams count as opened/closed.
+        self.opened = False
+        # Monotonic time past which the hub ends the stream as too old (SENTRI_MAX_STREAM_AGE_S); 0: never.
+        self.expires_at = 0.0
 
     @property
     def is_pending(self) -> bool:
