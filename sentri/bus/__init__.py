@@ -31,6 +31,15 @@ class Bus:
     def publish(self, run_id: str, event_json: bytes) -> None:
         """Send an event (already delivered locally) to the other processes."""
 
+    async def wait_subscribed(self, run_id: str, timeout_s: float) -> bool:
+        """Wait until messages for this run will reach this process (SPEC 2.1).
+
+        ``subscribe`` only asks; a ``done`` published before the broker acts on it would be
+        lost, so a new listener waits for this (briefly) before the run is read.
+        True when subscribed; False when the broker is down or slow (the caller proceeds).
+        """
+        return True
+
     @property
     def connected(self) -> bool:
         return True

@@ -1,0 +1,95 @@
+"""The relay's message format (SPEC 1.6), shared by the server and worker publishers. Pure.
+
+A message on ``sentri:run:<runId>`` is the event's JSON with one more key, ``_origin``, the
+publishing process's id, written last as the Node seed writes it
+(``JSON.stringify({type, ...payload, _origin})``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, NamedTuple, Optional
+
+from .. import sse
+
+RUN_CHANNEL_PREFIX = "sentri:run:"
+TOKEN_REVOKED_CHANNEL = "sentri:token:revoked"  # noqa: S105 - a channel name, not a secret
+REVOKED_KEY_PREFIX = "sentri:revoked:"
+ORIGIN_KEY = "_origin"
+
+_ORIGIN_TAIL = b',"' + ORIGIN_KEY.encode() + b'":'
+
+
+def run_channel(run_id: str) -> str:
+    return RUN_CHANNEL_PREFIX + run_id
+
+
+def run_id_of(channel: str) -> Optional[str]:
+    if channel.startswith(RUN_CHANNEL_PREFIX) and len(channel) > len(RUN_CHANNEL_PREFIX):
+        return channel[len(RUN_CHANNEL_PREFIX):]
+    return None
+
+
+def origin_json(origin: str) -> bytes:
+    return sse.to_utf8(json.dumps(origin, ensure_ascii=False))
+
+
+def with_origin(event_json: bytes, origin_as_json: bytes) -> bytes:
+    """Append ``"_origin"`` as the last key by splicing bytes: the event is not re-encoded."""
+    return event_json[:-1] + _ORIGIN_TAIL + origin_as_json + b"}"
+
+
+def encode_event(event_type: str, payload: Optional[Dict[str, Any]] = None) -> bytes:
+    """An event's JSON as every listener receives it: ``type`` first, then the payload."""
+    event: Dict[str, Any] = {"type": event_type}
+    if payload:
+        event.update(payload)
+        event.pop(ORIGIN_KEY, None)
+    return sse.to_utf8(sse.dumps_js(event))
+
+
+class Relayed(NamedTuple):
+    event_type: str
+    event_json: bytes  # what a client receives: the message without ``_origin``
+
+
+def decode_relayed(message: bytes, own_origin: str) -> Optional[Relayed]:
+    """The event carried by a relay message, or None to ignore it (own echo, malformed).
+
+    A message Node or this project wrote ends with ``,"_origin":"<id>"}`` and the rest is
+    already ``JSON.stringify`` output, so cutting that tail off yields exactly the bytes a
+    Node instance would send (its re-stringify is then the identity, numbers like ``1e-7``
+    included, which Python's encoder would write differently). Anything else is re-encoded.
+    """
+    try:
+        event = json.loads(message)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    event_type = event.get("type")
+    if not isinstance(event_type, str):
+        return None
+    origin = event.pop(ORIGIN_KEY, None)
+    if origin == own_origin:
+        return None
+    return Relayed(event_type, _without_origin_tail(message, origin) or sse.to_utf8(sse.dumps_js(event)))
+
+
+def _without_origin_tail(message: bytes, origin: Any) -> Optional[bytes]:
+    if not isinstance(origin, str):
+        return None
+    body = message.rstrip(b" \t\r\n")
+    start = body.rfind(_ORIGIN_TAIL)
+    if start <= 0 or not body.endswith(b"}"):
+        return None
+    try:
+        tail_value = json.loads(body[start + len(_ORIGIN_TAIL):-1])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kept = body[:start] + b"}"
+    # Only compact single-line JSON may be passed through: a raw line break would split the
+    # ``data:`` line and let a producer inject frames of its own (CWE-93).
+    if tail_value != origin or b"\n" in kept or b"\r" in kept or kept.count(b'"' + ORIGIN_KEY.encode() + b'"'):
+        return None
+    return kept

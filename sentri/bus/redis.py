@@ -1,0 +1,426 @@
+"""The relay between instances through Redis pub/sub (SPEC 1.6), compatible with Node instances.
+
+One subscriber connection per process, subscribed to ``sentri:run:<runId>`` exactly while
+the process has local listeners for that run, plus ``sentri:token:revoked``. The hub calls
+``subscribe``/``unsubscribe``/``publish`` synchronously and never waits for Redis: changes
+and outgoing messages are queued, and background tasks send them in batches (a wave of
+thousands of new runs is a handful of ``SUBSCRIBE a b c ...`` commands, and a burst of
+events one pipelined round trip).
+
+The relay owns its reconnect loop rather than relying on redis-py's: whether a redis-py
+pub/sub reader survives a Redis restart differs between 5.x, 6.x and 8.x, so every error
+here ends the session (both connections), and a supervisor reconnects forever with capped,
+jittered backoff, re-subscribing every run that still has local listeners. A connection
+that stops answering is detected with PINGs. Events published while Redis is unreachable
+are dropped and counted (pub/sub is at-most-once; gap repair belongs to event ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from urllib.parse import urlsplit
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .. import sse
+from ..stream import CloseReason, Frame
+from . import Bus
+from . import messages as wire
+from .backoff import Backoff
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..hub import Hub
+
+log = logging.getLogger("sentri.relay")
+
+SUBSCRIBE_BATCH = 1000  # channels per SUBSCRIBE/UNSUBSCRIBE command
+PUBLISH_BATCH = 500  # messages per pipelined round trip
+CONNECT_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 2.0
+
+
+class RelayTimeoutError(Exception):
+    """Redis stopped answering the subscriber connection's PINGs."""
+
+
+def describe_url(url: str) -> str:
+    """Where Redis is, for log lines: host and port only (the URL may hold a password)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname or '?'}:{port or 6379}"
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+class RedisBus(Bus):
+    relays = True
+
+    def __init__(
+        self,
+        redis_url: str,
+        instance_id: str,
+        retry_base_s: float = 0.05,
+        retry_max_s: float = 10.0,
+        ping_interval_s: float = 5.0,
+        max_pending_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.redis_url = redis_url
+        self.instance_id = instance_id
+        self.backoff = Backoff(retry_base_s, max(retry_base_s, retry_max_s))
+        self.ping_interval_s = ping_interval_s
+        self.max_pending_bytes = max_pending_bytes
+        self._origin_json = wire.origin_json(instance_id)
+        self._hub: Optional[Hub] = None
+        self._where = describe_url(redis_url)
+        # Subscription state. ``_wanted``: runs with local listeners (the hub's view).
+        # ``_sent``: channels SUBSCRIBEd on the current connection. ``_confirmed``: those Redis
+        # acknowledged, the only ones a ``done`` is certain to reach us on.
+        self._wanted: Set[str] = set()
+        self._sent: Set[str] = set()
+        self._confirmed: Set[str] = set()
+        # SUBSCRIBE/UNSUBSCRIBE replies still due per channel: a channel is confirmed only by
+        # the reply to the last command sent for it, not by an older one still in flight.
+        self._replies_due: Dict[str, int] = {}
+        self._waiters: Dict[str, List[asyncio.Future[bool]]] = {}
+        self._subscriptions_changed: Optional[asyncio.Event] = None
+        # Outgoing messages, bounded in bytes: a slow Redis makes them wait, never the loop.
+        self._outbox: Deque[Tuple[bytes, bytes]] = collections.deque()
+        self._outbox_bytes = 0
+        self._outbox_ready: Optional[asyncio.Event] = None
+        self._connected = False
+        self._state_changed: Optional[asyncio.Event] = None
+        self._last_heard = 0.0
+        self._supervisor: Optional[asyncio.Task[None]] = None
+        self._closing = False
+        self.attempts = 0
+        self.connects = 0
+        self.published = 0
+        self.dropped = 0
+        self.received = 0
+        self.ignored = 0
+        #: Called with (jti, exp) for each revocation notice, before the streams are closed.
+        self.revocation_callbacks: List[Callable[[str, Optional[float]], None]] = []
+
+    # -- the interface the hub uses (synchronous, never waits for Redis) --------------------
+
+    def attach(self, hub: Hub) -> None:
+        self._hub = hub
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def subscribe(self, run_id: str) -> None:
+        self._wanted.add(wire.run_channel(run_id))
+        self._poke_subscriptions()
+
+    def unsubscribe(self, run_id: str) -> None:
+        channel = wire.run_channel(run_id)
+        self._wanted.discard(channel)
+        self._poke_subscriptions()
+
+    def publish(self, run_id: str, event_json: bytes) -> None:
+        if not self._connected or self._outbox_ready is None:
+            self.dropped += 1
+            return
+        message = wire.with_origin(event_json, self._origin_json)
+        if self._outbox_bytes + len(message) > self.max_pending_bytes:
+            self.dropped += 1
+            return
+        self._outbox.append((wire.run_channel(run_id).encode("utf-8"), message))
+        self._outbox_bytes += len(message)
+        self._outbox_ready.set()
+
+    async def wait_subscribed(self, run_id: str, timeout_s: float) -> bool:
+        """Wait until Redis confirmed the run's channel (SPEC 2.1); False when down or late."""
+        channel = wire.run_channel(run_id)
+        if channel in self._confirmed:
+            return True
+        if not self._connected or channel not in self._wanted:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, []).append(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(channel)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[channel]
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Until the relay is connected (tests, start-up checks); False after the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not self._connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._state_changed is None:
+                return False
+            self._state_changed.clear()
+            try:
+                await asyncio.wait_for(self._state_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self._connected
+        return True
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._supervisor is not None:
+            return
+        self._closing = False
+        self._subscriptions_changed = asyncio.Event()
+        self._outbox_ready = asyncio.Event()
+        self._state_changed = asyncio.Event()
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    async def close(self) -> None:
+        self._closing = True
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+        self._set_disconnected()
+
+    # -- the reconnect loop -------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        failures = 0
+        reported_down = False
+        while not self._closing:
+            self.attempts += 1
+            error: BaseException
+            try:
+                await self._session()
+                error = ConnectionError("session ended")  # pragma: no cover - sessions end by raising
+            except asyncio.CancelledError:
+                raise
+            except Exception as session_error:  # any failure: drop everything, reconnect
+                error = session_error
+            was_connected = self._connected
+            self._set_disconnected()
+            if was_connected:
+                failures = 0
+                log.warning("relay lost redis at %s (%s); reconnecting", self._where, describe_error(error))
+                reported_down = True
+            elif not reported_down:
+                log.warning("relay cannot reach redis at %s (%s); retrying", self._where, describe_error(error))
+                reported_down = True
+            delay = self.backoff.compute(failures)
+            failures += 1
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        """One connection's life: subscribe, relay, until the first error (raised)."""
+        retry = Retry(NoBackoff(), 0)  # errors come to us; the supervisor does the retrying
+        subscriber = redis.asyncio.Redis.from_url(
+            self.redis_url, retry=retry, socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=0
+        )
+        publisher = redis.asyncio.Redis.from_url(
+            self.redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=CONNECT_TIMEOUT_S,
+            health_check_interval=0, max_connections=1,
+        )
+        pubsub = subscriber.pubsub()
+        tasks: List[asyncio.Task[None]] = []
+        changed, ready = self._subscriptions_changed, self._outbox_ready
+        if changed is None or ready is None:
+            raise RuntimeError("RedisBus.start() was not called")
+        try:
+            await asyncio.wait_for(pubsub.subscribe(wire.TOKEN_REVOKED_CHANNEL), CONNECT_TIMEOUT_S)
+            self._last_heard = time.monotonic()
+            tasks = [
+                asyncio.ensure_future(self._read(pubsub)),
+                asyncio.ensure_future(self._sync_subscriptions(pubsub, changed)),
+                asyncio.ensure_future(self._send_outbox(publisher, ready)),
+                asyncio.ensure_future(self._keep_alive(pubsub)),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises the session's error
+            raise ConnectionError("relay task ended")  # pragma: no cover - the tasks loop forever
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close_quietly(pubsub.aclose(), subscriber.aclose(), publisher.aclose())  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    async def _close_quietly(*closings: Any) -> None:
+        for closing in closings:
+            # The connections are being thrown away after an error; a second error says nothing new.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+
+    # -- session tasks ------------------------------------------------------------------------
+
+    async def _read(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            self._last_heard = time.monotonic()
+            if message is not None:
+                self._on_message(message)
+
+    async def _sync_subscriptions(self, pubsub: Any, changed: asyncio.Event) -> None:
+        """Bring the server's subscriptions to ``_wanted``, in batches, whenever it changes."""
+        while True:
+            changed.clear()
+            leaving = sorted(self._sent - self._wanted)
+            joining = sorted(self._wanted - self._sent)
+            for batch in _batches(leaving, SUBSCRIBE_BATCH):
+                self._sent.difference_update(batch)
+                # Not trusted from now on: a resubscribe must wait for its own confirmation.
+                self._confirmed.difference_update(batch)
+                self._expect_replies(batch)
+                await pubsub.unsubscribe(*batch)
+            for batch in _batches(joining, SUBSCRIBE_BATCH):
+                self._sent.update(batch)
+                self._expect_replies(batch)
+                await pubsub.subscribe(*batch)
+            if not changed.is_set():
+                await changed.wait()
+
+    async def _send_outbox(self, publisher: Any, ready: asyncio.Event) -> None:
+        while True:
+            await ready.wait()
+            ready.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+                self._outbox_bytes -= sum(len(message) for _, message in batch)
+                pipe = publisher.pipeline(transaction=False)
+                for channel, message in batch:
+                    pipe.publish(channel, message)
+                try:
+                    await pipe.execute()
+                except BaseException:
+                    self.dropped += len(batch)
+                    raise
+                self.published += len(batch)
+
+    async def _keep_alive(self, pubsub: Any) -> None:
+        """PING when the connection is quiet; no word for three intervals means it is gone."""
+        while True:
+            await asyncio.sleep(self.ping_interval_s)
+            silent_s = time.monotonic() - self._last_heard
+            if silent_s >= 3 * self.ping_interval_s:
+                raise RelayTimeoutError(f"no reply from redis for {silent_s:.1f} s")
+            if silent_s >= self.ping_interval_s:
+                await pubsub.ping()
+
+    # -- incoming -------------------------------------------------------------------------------
+
+    def _on_message(self, message: Dict[str, Any]) -> None:
+        kind = message.get("type")
+        if isinstance(kind, bytes):
+            kind = kind.decode()
+        channel = _text(message.get("channel"))
+        if kind == "message":
+            self.received += 1
+            if channel == wire.TOKEN_REVOKED_CHANNEL:
+                self._on_token_revoked(message.get("data"))
+            else:
+                self._on_run_message(channel, message.get("data"))
+        elif kind == "subscribe" and channel == wire.TOKEN_REVOKED_CHANNEL:
+            self._set_connected()
+        elif kind in ("subscribe", "unsubscribe") and channel is not None:
+            due = self._replies_due.pop(channel, 0) - 1
+            if due > 0:
+                self._replies_due[channel] = due
+            elif kind == "subscribe" and channel in self._sent:
+                self._confirmed.add(channel)
+                for future in self._waiters.pop(channel, []):
+                    if not future.done():
+                        future.set_result(True)
+
+    def _expect_replies(self, channels: List[str]) -> None:
+        for channel in channels:
+            self._replies_due[channel] = self._replies_due.get(channel, 0) + 1
+
+    def _on_run_message(self, channel: Optional[str], data: Any) -> None:
+        run_id = wire.run_id_of(channel or "")
+        relayed = wire.decode_relayed(data, self.instance_id) if isinstance(data, bytes) else None
+        if run_id is None or relayed is None or self._hub is None:
+            self.ignored += 1  # not a run channel, not an event, or our own echo
+            return
+        frame = Frame(sse.data_frame(relayed.event_json), ends_stream=relayed.event_type == "done")
+        self._hub.deliver(run_id, frame)
+
+    def _on_token_revoked(self, data: Any) -> None:
+        try:
+            notice = json.loads(data)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            notice = None
+        jti = notice.get("jti") if isinstance(notice, dict) else None
+        if not isinstance(jti, str) or not jti:
+            self.ignored += 1
+            return
+        expires = notice.get("exp") if isinstance(notice, dict) else None
+        for callback in self.revocation_callbacks:
+            callback(jti, expires if isinstance(expires, (int, float)) else None)
+        if self._hub is not None:
+            closed = self._hub.close_where(lambda stream: stream.jti == jti, CloseReason.REVOKED)
+            if closed:
+                log.info("closed %d stream(s) of a revoked token", closed)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _poke_subscriptions(self) -> None:
+        if self._subscriptions_changed is not None:
+            self._subscriptions_changed.set()
+
+    def _set_connected(self) -> None:
+        if self._connected:
+            return
+        self._connected = True
+        self.connects += 1
+        log.info("relay connected to redis at %s (%d run channel(s) to subscribe)", self._where, len(self._wanted))
+        if self._state_changed is not None:
+            self._state_changed.set()
+
+    def _set_disconnected(self) -> None:
+        was_connected = self._connected
+        self._connected = False
+        self._sent.clear()
+        self._confirmed.clear()
+        self._replies_due.clear()
+        if self._outbox:
+            self.dropped += len(self._outbox)
+            self._outbox.clear()
+            self._outbox_bytes = 0
+        for waiters in self._waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_result(False)
+        self._waiters.clear()
+        if was_connected and self._state_changed is not None:
+            self._state_changed.set()
+
+
+def _text(value: Any) -> Optional[str]:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+def _batches(items: List[str], size: int) -> List[List[str]]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
