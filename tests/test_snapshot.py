@@ -15,6 +15,7 @@ import pytest
 from sentri.signing import verify_signed_path
 
 from .conftest import ARTIFACT_SECRET
+from .frames import next_data
 from .sseclient import open_request
 
 RUN_KEYS = [
@@ -29,7 +30,7 @@ RUN_KEYS = [
 async def first_frame(port, world, run_id):
     response = await open_request(port, world.events_path(run_id))
     assert response.status == 200
-    return response, await response.next_frame()
+    return response, await next_data(response)
 
 
 def run_of(frame: bytes):
@@ -176,10 +177,10 @@ async def test_every_artifact_path_in_the_snapshot_is_signed_and_the_row_is_not_
 async def done_on_connect(port, world):
     response = await open_request(port, world.events_path())
     assert response.status == 200
-    snapshot = await response.next_frame()
-    done = await response.next_frame()
+    snapshot = await next_data(response)
+    done = await next_data(response)
     assert await response.server_closed()
-    assert response.body == snapshot + done  # nothing after the done, and the response ended
+    assert response.body.endswith(done)  # nothing after the done, and the response ended
     return run_of(snapshot), done
 
 
