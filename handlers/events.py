@@ -16,6 +16,7 @@ import tornado.ioloop
 from sentri import sse
 from sentri.cors import is_allowed, preflight_headers
 from sentri.http import stream_head
+from sentri.resume import StartPlan, plan_start, requested_id, retry_ms
 from sentri.store import StreamLookup, StreamOutcome
 from sentri.stream import CloseReason, EventStream
 from sentri.tokens import Identity, extract_token, verify
@@ -74,8 +75,11 @@ class RunEventsHandler(JsonHandler):
             raise ApiError(404, RUN_NOT_FOUND)
         hub = self.context.hub
         stream = hub.reserve(run_id, identity.jti, self.request.remote_ip or "")
+        # Reserved (live events held) before history is read, history before the database.
+        plan = await plan_start(hub.history, run_id, self._last_event_id())
         try:
-            lookup = await self.context.store.open_stream(identity.user_id, identity.workspace_id, run_id)
+            lookup = await self.context.store.open_stream(identity.user_id, identity.workspace_id, run_id,
+                                                          include_snapshot=not plan.replays)
         except Exception as error:
             if stream is not None:
                 stream.close(CloseReason.REFUSED)
@@ -91,6 +95,12 @@ class RunEventsHandler(JsonHandler):
                 stream.close(CloseReason.REFUSED)
             self.set_header("Retry-After", "1")
             raise ApiError(503, SHUTTING_DOWN)
+        if plan.client_has_done:  # it has the run's done: 204 ends the browser's reconnect loop
+            if stream is not None:
+                stream.close(CloseReason.DONE)
+            self.set_status(204)
+            self.finish()
+            return
         if stream is None:  # over the cap, but the run is finished: it needs no slot
             stream = EventStream(hub, run_id, identity.jti, self.request.remote_ip or "")
         stream.workspace_id = lookup.workspace_id
@@ -100,9 +110,9 @@ class RunEventsHandler(JsonHandler):
             return
         sock, chunked = taken
         stream.attach_socket(sock, chunked)
-        head = self._head(lookup, chunked)
-        if lookup.is_running:
-            hub.open(stream, head)
+        head = self._head(lookup, chunked, plan)
+        if lookup.is_running and not plan.replay_ends_run:
+            hub.open(stream, head, plan.replayed_through)
         else:
             hub.finish(stream, head)
 
@@ -130,12 +140,21 @@ class RunEventsHandler(JsonHandler):
         self.set_status(204)
         self.finish()
 
-    def _head(self, lookup: StreamLookup, chunked: bool) -> bytes:
-        frames = [sse.data_frame(lookup.snapshot_json)]
-        if not lookup.is_running:
-            frames.append(sse.data_frame(lookup.done_json))
+    def _last_event_id(self) -> Optional[str]:
+        values = self.request.query_arguments.get("last_event_id")
+        query = values[-1].decode("utf-8", "replace") if values else None
+        return requested_id(self.request.headers.get("Last-Event-ID"), query)
+
+    def _head(self, lookup: StreamLookup, chunked: bool, plan: StartPlan) -> bytes:
+        settings = self.context.settings
+        frames: List[bytes] = []
+        if settings.retry_ms > 0:  # first, so browsers spread their reconnects from the start
+            frames.append(sse.retry_frame(retry_ms(settings.retry_ms, settings.retry_jitter_ms)))
+        frames.extend(plan.frames(lookup.snapshot_json))
+        if not lookup.is_running and not plan.replay_ends_run:
+            frames.append(sse.data_frame(lookup.done_json, plan.done_id))
         body = b"".join(sse.chunk(frame) for frame in frames) if chunked else b"".join(frames)
-        return stream_head(chunked, self.extra_headers()) + body
+        return stream_head(chunked, [*self.extra_headers(), *plan.headers()]) + body
 
     def _take_socket(self) -> Optional[Tuple[socket.socket, bool]]:
         """Detach the connection from Tornado and return its socket, or None if the client left."""

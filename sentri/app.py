@@ -12,14 +12,17 @@ from handlers.base import NotFoundHandler
 from handlers.events import default_handlers as event_handlers
 from handlers.health import default_handlers as health_handlers
 from handlers.metrics import default_handlers as metrics_handlers
+from handlers.publish import default_handlers as publish_handlers
 
 from .bus import Bus
 from .config import Settings, SettingsError
 from .context import Context
+from .history import history_for
 from .hub import Hub
 from .logs import log_request
 from .metrics import Metrics
 from .observers import ObserverFanOut
+from .publishing import Publisher
 from .signing import ArtifactSigner
 from .store import Store, open_database
 from .streamlog import StreamLogObserver
@@ -35,7 +38,13 @@ def make_bus(settings: Settings, instance_id: str) -> Bus:
         return Bus()
     from .bus.redis import RedisBus
 
-    return RedisBus(settings.redis_url, instance_id)
+    return RedisBus(
+        settings.redis_url,
+        instance_id,
+        retry_max_s=settings.relay_retry_max_s,
+        ping_interval_s=settings.relay_ping_interval_s,
+        max_pending_bytes=settings.relay_max_pending_bytes,
+    )
 
 
 def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
@@ -62,13 +71,15 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
         bus=bus,
         observer=ObserverFanOut([metrics, StreamLogObserver()]),
         max_stream_age_s=settings.max_stream_age_s,
+        history=history_for(settings),
     )
-    return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id, metrics=metrics)
+    return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id, metrics=metrics,
+                   publisher=Publisher(store, hub))
 
 
 def routes(context: Context) -> List[Tuple[Any, ...]]:
     return [(pattern, handler, {"context": context}) for pattern, handler in
-            [*event_handlers, *health_handlers, *metrics_handlers]]
+            [*publish_handlers, *event_handlers, *health_handlers, *metrics_handlers]]
 
 
 def make_app(context: Context) -> tornado.web.Application:

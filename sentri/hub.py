@@ -17,6 +17,7 @@ from tornado.ioloop import PeriodicCallback
 
 from . import sse
 from .bus import Bus
+from .history import History, id_key
 from .stream import HEARTBEAT_FRAME, CloseReason, EventStream, Frame
 
 log = logging.getLogger("sentri.hub")
@@ -59,6 +60,7 @@ class Hub:
         bus: Optional[Bus] = None,
         observer: Optional[HubObserver] = None,
         max_stream_age_s: float = 0.0,
+        history: Optional[History] = None,
     ) -> None:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.max_stream_age_s = max_stream_age_s
@@ -66,6 +68,8 @@ class Hub:
         self.max_writable_bytes = max_writable_bytes
         self.bus = bus or Bus()
         self.observer = observer or HubObserver()
+        # Where event ids come from and recent events are kept for resume (sentri.history).
+        self.history = history or History()
         self.runs: Dict[str, Set[EventStream]] = {}
         self._wheel: List[Set[EventStream]] = [set() for _ in range(WHEEL_SLOTS)]
         self._cursor = 0
@@ -126,10 +130,17 @@ class Hub:
         streams.add(stream)
         return stream
 
-    def open(self, stream: EventStream, head: bytes) -> None:
-        """Go live: write the response head and snapshot, then what arrived meanwhile, in order."""
+    def open(self, stream: EventStream, head: bytes, replayed_through: Optional[str] = None) -> None:
+        """Go live: write the response head and snapshot, then what arrived meanwhile, in order.
+
+        ``replayed_through``: the id of the last event ``head`` replayed from history; held
+        frames up to it were in the replay and are dropped, so none is sent twice.
+        """
         stream.write(head)
         held = stream.release_held()
+        replayed = id_key(replayed_through)
+        if replayed is not None:
+            held = [frame for frame in held if frame.event_id is None or (id_key(frame.event_id) or (0, 0)) > replayed]
         if stream.closed:
             return
         self._wheel[self._cursor].add(stream)
@@ -168,18 +179,29 @@ class Hub:
 
     # -- events -----------------------------------------------------------------------------
 
-    def emit(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> None:
-        """Deliver an event to this process's listeners, then relay it (the seed's emitRunEvent)."""
-        if run_id not in self.runs and not self.bus.relays:
-            return  # nobody here and nobody to relay to: an event nobody sees costs nothing
+    def emit(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """Deliver an event to this process's listeners, then relay it (the seed's emitRunEvent).
+
+        The history gives the event its id first (kept even with nobody listening: a client
+        that dropped a moment ago resumes from it); returns that id.
+        """
+        if run_id not in self.runs and not self.bus.relays and not self.history.assigns_here:
+            return None  # nobody here, nobody to relay to, nothing to keep: an event nobody sees costs nothing
         event: Dict[str, Any] = {"type": event_type}
         if payload:
             event.update(payload)
             event.pop("_origin", None)
         data = sse.to_utf8(sse.dumps_js(event))
         self.observer.event_emitted(run_id)
-        self.deliver(run_id, Frame(sse.data_frame(data), ends_stream=event_type == DONE))
+        ends_stream = event_type == DONE
+        event_id = self.history.append_now(run_id, data, ends_stream)
+        self.deliver(run_id, Frame(sse.data_frame(data, event_id), ends_stream=ends_stream, event_id=event_id))
         self.bus.publish(run_id, data)
+        return event_id
+
+    async def publish(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """``emit`` for publishers that can wait (sentri.publishing); returns the event's id."""
+        return self.emit(run_id, event_type, payload)
 
     def deliver(self, run_id: str, frame: Frame) -> int:
         """Write one encoded event to every local listener of the run; ``done`` ends them."""

@@ -34,6 +34,12 @@ CLOSE_REASONS = (
 LOOKUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+def relay_reconnects(bus: Bus) -> int:
+    """Connections made after the first: the RedisBus counts every connect; the local bus has none."""
+    connects = getattr(bus, "connects", 0)
+    return max(int(connects) - 1, 0)
+
+
 class RelayCollector(Collector):
     """Asks the bus at scrape time, so the bus needs no metrics code of its own."""
 
@@ -49,7 +55,7 @@ class RelayCollector(Collector):
         reconnects = CounterMetricFamily(
             "sentri_relay_reconnects", "Times the Redis relay connection was re-established after a loss."
         )
-        reconnects.add_metric([], float(getattr(self.bus, "reconnects", 0)))
+        reconnects.add_metric([], float(relay_reconnects(self.bus)))
         yield reconnects  # type: ignore[misc]
 
 

@@ -270,7 +270,9 @@ class Store:
         query = RunLog.select(RunLog.message).where(RunLog.runId == run_id).order_by(RunLog.seq, RunLog.id)
         return [message for (message,) in query.tuples()]
 
-    def open_stream_sync(self, user_id: str, claimed_workspace: Optional[str], run_id: str) -> StreamLookup:
+    def open_stream_sync(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
+                         include_snapshot: bool = True) -> StreamLookup:
+        """The checks of SPEC 1.1 and, when ``include_snapshot``, the snapshot (a resume skips it)."""
         workspace_id = self.resolve_workspace(user_id, claimed_workspace)
         if workspace_id is None:
             return StreamLookup(StreamOutcome.NO_WORKSPACE)
@@ -279,19 +281,28 @@ class Store:
             return StreamLookup(StreamOutcome.RUN_NOT_FOUND, workspace_id)
         if not in_workspace:
             return StreamLookup(StreamOutcome.PROJECT_NOT_FOUND, workspace_id)
-        run = run_to_json(row, self.log_messages(run_id))
-        self.signer.sign_run(run, now_ms=int(time.time() * 1000))
+        run = run_to_json(row, self.log_messages(run_id) if include_snapshot else [])
+        if include_snapshot:
+            self.signer.sign_run(run, now_ms=int(time.time() * 1000))
         status = run.get("status")
         return StreamLookup(
             StreamOutcome.FOUND,
             workspace_id,
             status=status if isinstance(status, str) else None,
-            snapshot_json=sse.to_utf8(sse.dumps_js({"type": "snapshot", "run": run})),
+            snapshot_json=sse.to_utf8(sse.dumps_js({"type": "snapshot", "run": run})) if include_snapshot else b"",
             done_json=b"" if status == "running" else sse.to_utf8(sse.dumps_js(done_payload(run))),
         )
 
-    async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str) -> StreamLookup:
-        return await self.run(lambda: self.open_stream_sync(user_id, claimed_workspace, run_id))
+    async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
+                          include_snapshot: bool = True) -> StreamLookup:
+        return await self.run(lambda: self.open_stream_sync(user_id, claimed_workspace, run_id, include_snapshot))
+
+    def run_exists_sync(self, run_id: str) -> bool:
+        return Run.select(Run.id).where((Run.id == run_id) & Run.deletedAt.is_null()).exists()
+
+    async def run_exists(self, run_id: str) -> bool:
+        """Whether a live (not soft-deleted) run has this id; the publish API's check."""
+        return await self.run(lambda: self.run_exists_sync(run_id))
 
     def ping_sync(self) -> None:
         self.database.execute_sql("SELECT 1")

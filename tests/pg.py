@@ -41,3 +41,14 @@ def drop_tables(url: str) -> None:
             cursor.execute("DROP TABLE IF EXISTS " + ", ".join(TABLES) + " CASCADE")
     finally:
         connection.close()
+
+
+def drop_database(server_url: str, database_url: str) -> None:
+    """Drop the database ``database_url`` names, cutting its open connections (a database gone)."""
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = _connect(server_url)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.close()

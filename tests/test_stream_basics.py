@@ -14,10 +14,11 @@ async def test_running_run_streams_snapshot_then_live_events_then_done(port, wor
     snapshot = await response.next_event()
     assert snapshot["type"] == "snapshot"
     assert snapshot["run"]["id"] == "RUN-1"
-    context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] hello"})
+    log_id = context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] hello"})
     frame = await response.next_frame()
-    assert frame == b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] hello"}\n\n'
-    context.hub.emit("RUN-1", "done", {"status": "completed", "passed": 1})
-    assert await response.next_frame() == b'data: {"type":"done","status":"completed","passed":1}\n\n'
+    assert frame == b'id: %s\ndata: {"type":"log","message":"[2026-01-01T00:00:00.000Z] hello"}\n\n' % log_id.encode()
+    done_id = context.hub.emit("RUN-1", "done", {"status": "completed", "passed": 1})
+    assert await response.next_frame() == (
+        b'id: %s\ndata: {"type":"done","status":"completed","passed":1}\n\n' % done_id.encode())
     assert await response.server_closed()
     assert context.hub.runs == {}

@@ -1,0 +1,76 @@
+"""Publishing an event, the one way every publisher of this project goes (HTTP API, Python).
+
+A ``log`` is stored in ``run_logs`` (next ``seq`` for the run) before it is fanned out, so a
+snapshot read after the event holds it; a ``done`` updates the run row (status, counters,
+``finishedAt``, ``duration``) before it ends the streams. The database work runs on a
+database thread (``Store.run``), never on the IOLoop. Then the hub gives the event its id,
+delivers it and relays it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .hub import DONE, Hub
+from .store import Store
+from .writes import LOG_LEVELS, append_log, finish_run, log_message
+
+LOG = "log"
+# ``done`` statuses a publisher may set: every run status but ``running`` (SPEC 1.2).
+FINISHED_STATUSES = ("completed", "completed_empty", "failed", "aborted", "interrupted")
+# Types are short lowercase words (``llm_token``): no control characters, nothing to inject.
+EVENT_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# A message that already starts with ``[<ISO time>] `` was stamped by its producer.
+_STAMPED = re.compile(r"\[\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\] ")
+
+
+class InvalidEventError(ValueError):
+    """An event a publisher may not send; the message is safe to show the publisher."""
+
+
+def prepare(event_type: str, payload: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
+    """Check an event and put it in its published form; returns (payload, log level or None).
+
+    A ``log`` message is stamped ``[<ISO time>] <text>`` (the stored and streamed form) unless
+    it already is; its ``level`` (info, warn, error) is stored, not streamed, as in Node.
+    """
+    if not EVENT_TYPE_PATTERN.fullmatch(event_type):
+        raise InvalidEventError("type must be a short lowercase word (a-z, 0-9, _; at most 32 characters)")
+    body = {key: value for key, value in payload.items() if key not in ("type", "_origin")}
+    level: Optional[str] = None
+    if event_type == LOG:
+        message = body.get("message")
+        if not isinstance(message, str):
+            raise InvalidEventError("a log event needs a string message")
+        level = body.pop("level", "info")
+        if level not in LOG_LEVELS:
+            raise InvalidEventError("level must be one of: " + ", ".join(LOG_LEVELS))
+        body["message"] = message if _STAMPED.match(message) else log_message(message)
+    elif event_type == DONE and body.get("status") not in FINISHED_STATUSES:
+        raise InvalidEventError("a done event needs a status: " + ", ".join(FINISHED_STATUSES))
+    return body, level
+
+
+class Publisher:
+    """Stores what must outlive the event, then hands it to the hub."""
+
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.store = store
+        self.hub = hub
+
+    async def publish(self, run_id: str, event_type: str, payload: Mapping[str, Any]) -> Optional[str]:
+        """Publish one event (raises ``InvalidEventError``); returns its id."""
+        body, level = prepare(event_type, payload)
+        if event_type == LOG:
+            message, log_level = body["message"], level or "info"
+            await self.store.run(lambda: append_log(run_id, message, log_level))
+        elif event_type == DONE:
+            await self.store.run(lambda: finish_run(run_id, body))
+        return await self.hub.publish(run_id, event_type, body)
+
+    async def log(self, run_id: str, text: str, level: str = "info") -> Optional[str]:
+        return await self.publish(run_id, LOG, {"message": text, "level": level})
+
+
+__all__ = ["FINISHED_STATUSES", "InvalidEventError", "Publisher", "prepare"]

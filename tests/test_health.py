@@ -1,0 +1,104 @@
+"""Liveness and readiness: cheap, unauthenticated, outside /api/v1; readiness names what failed.
+
+Every app in this module has a relay on a private Redis (the tests stop and start it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import tornado.httpserver
+import tornado.testing
+
+from sentri.app import build_context, make_app
+from sentri.drain import drain
+
+from . import pg
+from .services import RedisServer, wait_until
+from .sseclient import open_request
+
+DEFAULT_PG_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def get_json(port, path):
+    response = await open_request(port, path)
+    return response.status, await response.read_json()
+
+
+async def readiness_is(port, status):
+    return (await get_json(port, "/readyz"))[0] == status
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(str(tmp_path)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay_context(settings, redis_server, io_loop):
+    context = build_context(settings.replace(redis_url=redis_server.url))
+    io_loop.run_sync(context.bus.start)
+    yield context
+    io_loop.run_sync(context.bus.close)
+    context.store.close()
+
+
+@pytest.fixture
+def app(relay_context):
+    return make_app(relay_context)
+
+
+@pytest.mark.gen_test
+async def test_liveness_answers_ok_without_credentials(port):
+    response = await open_request(port, "/healthz")
+    assert response.status == 200
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert response.headers["cache-control"] == "no-store"
+    assert await response.read_json() == {"status": "ok"}
+
+
+@pytest.mark.gen_test
+async def test_readiness_is_ready_when_the_database_answers_and_the_relay_is_connected(port, relay_context):
+    assert await relay_context.bus.wait_connected(5.0)
+    assert await get_json(port, "/readyz") == (200, {"status": "ready"})
+
+
+@pytest.mark.gen_test
+async def test_readiness_is_503_draining_once_a_drain_starts_while_liveness_stays_ok(port, relay_context):
+    assert await relay_context.bus.wait_connected(5.0)
+    await drain(relay_context, 0.0)
+    assert await get_json(port, "/readyz") == (503, {"error": "not ready", "failed": ["draining"]})
+    assert await get_json(port, "/healthz") == (200, {"status": "ok"})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_readiness_is_503_relay_while_redis_is_down_and_ready_again_when_it_returns(
+        port, relay_context, redis_server):
+    assert await relay_context.bus.wait_connected(5.0)
+    assert await readiness_is(port, 200)
+    redis_server.stop()
+    await wait_until(lambda: readiness_is(port, 503), what="readiness 503 after Redis stopped")
+    assert await get_json(port, "/readyz") == (503, {"error": "not ready", "failed": ["relay"]})
+    redis_server.start()
+    assert await relay_context.bus.wait_connected(20.0)
+    assert await get_json(port, "/readyz") == (200, {"status": "ready"})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_readiness_is_503_database_while_the_database_is_gone(settings, redis_server):
+    server_url = os.environ.get("SENTRI_TEST_DATABASE_URL") or DEFAULT_PG_SERVER
+    with pg.temporary_database(server_url) as url:
+        context = build_context(settings.replace(database_url=url, redis_url=""))
+        sock, port = tornado.testing.bind_unused_port()
+        server = tornado.httpserver.HTTPServer(make_app(context))
+        server.add_sockets([sock])
+        try:
+            assert await get_json(port, "/readyz") == (200, {"status": "ready"})
+            pg.drop_database(server_url, url)
+            assert await get_json(port, "/readyz") == (503, {"error": "not ready", "failed": ["database"]})
+        finally:
+            server.stop()
+            context.store.close()
