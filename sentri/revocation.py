@@ -1,9 +1,102 @@
 """Revoked token ids (SPEC 1.4). Without Redis nothing is ever revoked here: the Node
-backend shares revocations only through Redis, which ``RedisRevocations`` reads."""
+backend shares revocations only through Redis, which ``RedisRevocations`` reads.
+
+Node revokes a token by setting ``sentri:revoked:<jti>`` (with a TTL) and publishing
+``{"jti":…,"exp":…}`` on ``sentri:token:revoked``. A new stream checks the key; open
+streams are closed by the relay when the notice arrives (``RedisBus``), which also tells
+this object so a connect racing the notice is refused without asking Redis again.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+from .bus.messages import REVOKED_KEY_PREFIX
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bus import Bus
+    from .config import Settings
+
+log = logging.getLogger("sentri.revocation")
+
+# How long a notice without ``exp`` is remembered locally (Redis keeps the key anyway).
+REMEMBER_WITHOUT_EXP_S = 3600.0
 
 
 class Revocations:
     async def is_revoked(self, jti: str) -> bool:
         return False
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class RedisRevocations(Revocations):
+    """``EXISTS sentri:revoked:<jti>`` at connect, bounded by a short timeout.
+
+    When Redis is unreachable or slow the token is not refused (the relay is down too, so
+    refusing would turn a Redis outage into an outage of every stream); that is logged once
+    per outage, not once per connect.
+    """
+
+    def __init__(self, redis_url: str, timeout_s: float = 0.5) -> None:
+        self.redis_url = redis_url
+        self.timeout_s = timeout_s
+        self._client: Any = None
+        self._remembered: Dict[str, float] = {}  # jti -> until (epoch seconds)
+        self._failing = False
+
+    def remember(self, jti: str, expires_at: Optional[float]) -> None:
+        now = time.time()
+        self._remembered[jti] = expires_at if expires_at is not None else now + REMEMBER_WITHOUT_EXP_S
+        if len(self._remembered) > 1024:  # prune what has expired anyway
+            self._remembered = {key: until for key, until in self._remembered.items() if until > now}
+
+    async def is_revoked(self, jti: str) -> bool:
+        until = self._remembered.get(jti)
+        if until is not None and until > time.time():
+            return True
+        try:
+            exists = await asyncio.wait_for(self._redis().exists(REVOKED_KEY_PREFIX + jti), self.timeout_s)
+        except Exception as error:  # unreachable, slow, or refusing: do not refuse the client for it
+            if not self._failing:
+                self._failing = True
+                log.warning("revocation check unavailable (%s); accepting tokens unchecked until redis answers",
+                            type(error).__name__)
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("revocation check available again")
+        return bool(exists)
+
+    def _redis(self) -> Any:
+        # Created on first use, on the running loop: a redis.asyncio client belongs to one loop.
+        if self._client is None:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            self._client = redis.asyncio.Redis.from_url(
+                self.redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=self.timeout_s,
+                health_check_interval=0,
+            )
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+def make_revocations(settings: Settings, bus: Bus) -> Revocations:
+    """Revocations for these settings; with Redis, the relay's notices feed it too."""
+    if not settings.redis_url:
+        return Revocations()
+    revocations = RedisRevocations(settings.redis_url, settings.revocation_check_timeout_s)
+    callbacks = getattr(bus, "revocation_callbacks", None)
+    if isinstance(callbacks, list):
+        callbacks.append(revocations.remember)
+    return revocations
