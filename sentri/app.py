@@ -23,6 +23,7 @@ from .logs import log_request
 from .metrics import Metrics
 from .observers import ObserverFanOut
 from .publishing import Publisher
+from .revocation import make_revocations
 from .signing import ArtifactSigner
 from .store import Store, open_database
 from .streamlog import StreamLogObserver
@@ -74,7 +75,7 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
         history=history_for(settings),
     )
     return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id, metrics=metrics,
-                   publisher=Publisher(store, hub))
+                   publisher=Publisher(store, hub), revocations=make_revocations(settings, bus))
 
 
 def routes(context: Context) -> List[Tuple[Any, ...]]:
@@ -102,4 +103,5 @@ async def start(context: Context) -> None:
 async def stop(context: Context) -> None:
     context.hub.stop()
     await context.bus.close()
+    await context.revocations.close()
     context.store.close()
