@@ -75,6 +75,10 @@ class RunEventsHandler(JsonHandler):
             raise ApiError(404, RUN_NOT_FOUND)
         hub = self.context.hub
         stream = hub.reserve(run_id, identity.jti, self.request.remote_ip or "")
+        if stream is not None:
+            # SPEC 2.1: subscribing is asynchronous; a done published before Redis confirms it
+            # would be lost. Bounded: with Redis down or slow the stream proceeds unconfirmed.
+            await self.context.bus.wait_subscribed(run_id, self.context.settings.relay_subscribe_timeout_s)
         # Reserved (live events held) before history is read, history before the database.
         plan = await plan_start(hub.history, run_id, self._last_event_id())
         try:
@@ -95,6 +99,8 @@ class RunEventsHandler(JsonHandler):
                 stream.close(CloseReason.REFUSED)
             self.set_header("Retry-After", "1")
             raise ApiError(503, SHUTTING_DOWN)
+        if stream is not None and stream.close_reason == CloseReason.REVOKED:  # revoked while it was read
+            raise ApiError(401, AUTH_REQUIRED)
         if plan.client_has_done:  # it has the run's done: 204 ends the browser's reconnect loop
             if stream is not None:
                 stream.close(CloseReason.DONE)
