@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--workspace", default=None, help="workspace id to put in the token [default: none]")
     token.add_argument("--lifetime-s", type=int, default=7 * 24 * 3600, help="token lifetime [default 7 days]")
     add_setting_flags(token)
+
+    emit = commands.add_parser(
+        "emit",
+        help="publish one run event through Redis to every instance (needs only REDIS_URL)",
+        description="Publish an event on sentri:run:RUN_ID in the relay's format, as a worker would; "
+        "prints how many instances were listening.",
+    )
+    emit.add_argument("run_id", metavar="RUN_ID", help="the run's id (runs.id)")
+    emit.add_argument("event_type", metavar="TYPE", help="the event type: log, result, done, ...")
+    emit.add_argument("payload", metavar="JSON", nargs="?", default="{}",
+                      help='the payload fields as a JSON object, e.g. \'{"status":"completed"}\' [default {}]')
+    add_setting_flags(emit)
     return parser
 
 
@@ -172,6 +184,36 @@ def token(settings: Settings, user_id: str, workspace: Optional[str], lifetime_s
     return 0
 
 
+def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: str) -> int:
+    import json
+
+    import redis
+
+    from .publish import RunEventPublisher
+    from .publishing import EVENT_TYPE_PATTERN
+
+    if not settings.redis_url:
+        raise SettingsError("REDIS_URL is not set: there is no relay to publish to")
+    if not EVENT_TYPE_PATTERN.fullmatch(event_type):
+        raise SettingsError("TYPE must be a short lowercase word (a-z, 0-9, _; at most 32 characters)")
+    try:
+        payload = json.loads(payload_json)
+    except ValueError:
+        raise SettingsError("JSON: the payload is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise SettingsError("JSON: the payload must be a JSON object")
+    publisher = RunEventPublisher(settings.redis_url)
+    try:
+        listening = publisher.emit(run_id, event_type, payload)
+    except redis.RedisError as error:
+        print(f"sentri: cannot publish to redis ({type(error).__name__})", file=sys.stderr)
+        return 1
+    finally:
+        publisher.close()
+    print(f"published {event_type} on run {run_id}; {listening} instance(s) listening")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -181,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return serve(settings)
         if args.command == "demo":
             return demo(settings, args.step_s, args.runs)
+        if args.command == "emit":
+            return emit_event(settings, args.run_id, args.event_type, args.payload)
         return token(settings, args.user, args.workspace, args.lifetime_s)
     except SettingsError as error:
         return fail(str(error))
