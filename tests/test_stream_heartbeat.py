@@ -1,0 +1,75 @@
+"""Heartbeats (SPEC 1.1 step 7) on a short interval: every open stream gets one per interval."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .frames import next_data
+from .hubwatch import HubWatch
+from .sseclient import open_request
+
+INTERVAL_S = 0.05
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.replace(heartbeat_interval_s=INTERVAL_S)
+
+
+async def heartbeat_times(response, count):
+    times = []
+    while len(times) < count:
+        frame = await response.next_frame(timeout=2.0)
+        if frame.startswith(b"retry: "):
+            continue
+        assert frame == b": heartbeat\n\n"
+        times.append(time.monotonic())
+    return times
+
+
+@pytest.mark.gen_test
+async def test_a_stream_gets_a_heartbeat_comment_every_interval(port, world):
+    response = await open_request(port, world.events_path())
+    assert (await next_data(response)).startswith(b'data: {"type":"snapshot"')
+    opened = time.monotonic()
+    times = await heartbeat_times(response, 6)
+    # The first comes within one interval of opening (the wheel turns a tenth at a time) ...
+    assert times[0] - opened <= INTERVAL_S * 3
+    # ... and then one per interval: never two in one interval, and on average on time.
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert min(gaps) >= INTERVAL_S * 0.5, gaps
+    assert sum(gaps) / len(gaps) <= INTERVAL_S * 2.5, gaps
+
+
+@pytest.mark.gen_test
+async def test_heartbeats_and_events_interleave_as_whole_frames(port, world, context):
+    response = await open_request(port, world.events_path())
+    await next_data(response)
+    await heartbeat_times(response, 1)
+    context.hub.emit("RUN-1", "log", {"message": "between beats"})
+    assert await next_data(response) == b'data: {"type":"log","message":"between beats"}\n\n'
+    await heartbeat_times(response, 1)
+
+
+@pytest.mark.gen_test
+async def test_a_finished_run_gets_no_heartbeat_and_a_hung_up_stream_gets_none_either(port, world, rows, context):
+    watch = HubWatch(context.hub)
+    rows.run(world.project, id="RUN-2", status="completed")
+    finished = await open_request(port, world.events_path("RUN-2"))
+    await finished.read_to_end()
+    assert b": heartbeat" not in finished.body
+
+    leaving = await open_request(port, world.events_path())
+    await next_data(leaving)
+    leaving.close()
+    await watch.closed_count(2)
+    assert all(not slot for slot in context.hub._wheel)
+    # The wheel keeps turning with nothing on it: the heartbeat count stays where it was.
+    sent = []
+    context.hub.observer.heartbeats_sent = sent.append
+    staying = await open_request(port, world.events_path())
+    await next_data(staying)
+    await heartbeat_times(staying, 3)
+    assert set(sent) == {1}, sent
