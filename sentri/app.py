@@ -12,6 +12,7 @@ from handlers.base import NotFoundHandler
 from handlers.events import default_handlers as event_handlers
 from handlers.health import default_handlers as health_handlers
 from handlers.metrics import default_handlers as metrics_handlers
+from handlers.page import default_handlers as page_handlers
 from handlers.publish import default_handlers as publish_handlers
 
 from .bus import Bus
@@ -80,7 +81,7 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
 
 def routes(context: Context) -> List[Tuple[Any, ...]]:
     return [(pattern, handler, {"context": context}) for pattern, handler in
-            [*publish_handlers, *event_handlers, *health_handlers, *metrics_handlers]]
+            [*publish_handlers, *event_handlers, *health_handlers, *metrics_handlers, *page_handlers]]
 
 
 def make_app(context: Context) -> tornado.web.Application:

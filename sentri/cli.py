@@ -138,19 +138,25 @@ def serve(settings: Settings) -> int:
 
 
 def demo(settings: Settings, step_s: float, runs: Optional[int]) -> int:
-    from .demo import DEMO_USER, DEMO_WORKSPACE_ID, drive_runs
+    from .demo import DEMO_USER, DEMO_WORKSPACE_ID, drive_runs, seed_demo_sync
     from .tokens import mint
 
     if not settings.jwt_secret:
         settings = settings.replace(jwt_secret=demo_secret(settings.data_dir))
     context = build_context(settings)
     token = mint(settings.jwt_secret, DEMO_USER, DEMO_WORKSPACE_ID)
+    # Before listening: a run a stopped demo left "running" is marked interrupted first, so
+    # a browser reconnecting after a restart never gets it as running (no done would follow).
+    with context.store.database.connection_context():
+        seed_demo_sync()
 
     async def main() -> None:
         base: List[str] = []
 
         def announce(run_id: str) -> None:
-            print(f"\nRun {run_id} is live. Watch it stream:\n\n"
+            print(f"\nRun {run_id} is live. Watch it in a browser:\n\n"
+                  f"  {base[0]}/runs/{run_id}?token={token}\n\n"
+                  f"or stream it:\n\n"
                   f"  curl -N '{base[0]}/api/v1/runs/{run_id}/events?token={token}'\n", flush=True)
 
         def ready(port: int) -> None:
