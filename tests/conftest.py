@@ -22,6 +22,7 @@ from sentri.tokens import mint
 from sentri.writes import iso_now
 
 from . import pg, sseclient
+from .logcheck import expect_log, fail_on_unexpected_logs  # noqa: F401  (fixtures: a WARNING+ line fails a test)
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef"
 ARTIFACT_SECRET = "test-artifact-secret"

@@ -85,7 +85,9 @@ class LogChecker(logging.Handler):
                     return
             self.unexpected.append(record)
 
-    def expect(self, logger: str, pattern: str = "", level: int = logging.WARNING, required: bool = True) -> ExpectedLog:
+    def expect(
+        self, logger: str, pattern: str = "", level: int = logging.WARNING, required: bool = True
+    ) -> ExpectedLog:
         expectation = ExpectedLog(self, logger, pattern, level, required)
         with self._records_lock:
             self.expectations.append(expectation)
