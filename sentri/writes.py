@@ -34,7 +34,9 @@ def log_message(text: str, now: Optional[datetime.datetime] = None) -> str:
 def _lock_run(run_id: str) -> None:
     database = database_proxy.obj
     if isinstance(database, peewee.PostgresqlDatabase):
-        Run.select(Run.id).where(Run.id == run_id).for_update().execute()
+        # A transaction-scoped advisory lock on the run id, not FOR UPDATE on the run's row:
+        # it serialises producers even when the row is missing or held by the Node backend.
+        database.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
 
 
 def append_log(run_id: str, message: str, level: str = "info") -> int:
