@@ -36,7 +36,7 @@ def _lock_run(run_id: str) -> None:
     if isinstance(database, peewee.PostgresqlDatabase):
         # A transaction-scoped advisory lock on the run id, not FOR UPDATE on the run's row:
         # it serialises producers even when the row is missing or held by the Node backend.
-        database.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
+        database.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))  # type: ignore[no-untyped-call]
 
 
 def append_log(run_id: str, message: str, level: str = "info") -> int:

@@ -58,5 +58,6 @@ def test_concurrent_producers_get_seq_one_to_n_without_duplicates(database):
         thread.join()
     assert errors == []
     with database.connection_context():
-        seqs = [seq for (seq,) in RunLog.select(RunLog.seq).where(RunLog.runId == "RUN-1").order_by(RunLog.seq).tuples()]
+        query = RunLog.select(RunLog.seq).where(RunLog.runId == "RUN-1").order_by(RunLog.seq)
+        seqs = [seq for (seq,) in query.tuples()]
     assert seqs == list(range(1, producers * per_producer + 1))

@@ -201,5 +201,5 @@ async def test_a_finished_run_connect_gives_the_done_its_history_id_so_the_recon
     assert [event_id for event_id, _ in event_ids_and_data(body)] == [done, done]
     resumed = await open_request(port, world.events_path(), headers={"Last-Event-ID": token})
     assert resumed.headers["sentri-resume"] == "replay"
-    assert await resumed.read_to_end() == b"retry: 2500\n\nid: %s\ndata: {\"type\":\"done\",\"status\":\"completed\"}\n\n" % (
-        done.encode())
+    assert await resumed.read_to_end() == (
+        b'retry: 2500\n\nid: %s\ndata: {"type":"done","status":"completed"}\n\n' % done.encode())
