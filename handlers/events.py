@@ -37,7 +37,19 @@ SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
 RUN_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 
 
-class RunEventsHandler(JsonHandler):
+class LenientDecoding(JsonHandler):
+    """Path and query values that are not UTF-8 name nothing; they are refused later, never a 400.
+
+    Tornado answers such bytes with a 400 and a warning holding the whole URL, ``?token=``
+    included (SPEC 2.2). Decoded with U+FFFD instead, a run id fails RUN_ID_PATTERN (404, after
+    authentication, as any unknown run) and a token fails verification (401).
+    """
+
+    def decode_argument(self, value: bytes, name: Optional[str] = None) -> str:
+        return value.decode("utf-8", "replace")
+
+
+class RunEventsHandler(LenientDecoding):
     _client_gone = False
 
     def on_connection_close(self) -> None:
@@ -176,7 +188,7 @@ class RunEventsHandler(JsonHandler):
         return sock, chunked
 
 
-class LegacyPrefixRedirectHandler(JsonHandler):
+class LegacyPrefixRedirectHandler(LenientDecoding):
     """``/api/...`` (not ``/api/v1/...``) -> 308 to ``/api/v1/...``, query string kept (SPEC 1.1)."""
 
     def _redirect(self, rest: str) -> None:
