@@ -196,7 +196,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, settings: Sequence[Settin
             dest=setting.attribute,
             metavar=setting.type_name.upper(),
             default=None,
-            help=f"{setting.description} [env {setting.name}; default {default}]",
+            # argparse expands %-formats in help text: a literal % must be written %%.
+            help=f"{setting.description} [env {setting.name}; default {default}]".replace("%", "%%"),
         )
 
 
