@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 from typing import Any, Dict, Iterator, List
+from urllib.parse import quote
 
 import pytest
 
@@ -106,6 +107,35 @@ async def test_done_ends_the_stream_and_the_page_shows_the_final_status(port, wo
         await page.screenshot("done")
         # the page closed its EventSource on done: it never asked for the stream again
         assert len(page.stream_requests()) == 1
+        assert_clean(page)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_dropped_stream_resumes_from_the_last_event_id_and_shows_each_line_once(port, world, live_run,
+                                                                                        context):
+    hub = context.hub
+    async with chromium() as browser, open_page(browser, page_url(port, "RUN-7", world.token)) as page:
+        await page.wait_for_connection("live")
+        first_id = hub.emit("RUN-7", "log", {"message": "[2026-01-01T00:00:03.000Z] before the drop"})
+        await page.wait_for_log_count(3)
+        assert hub.close_where(lambda stream: stream.run_id == "RUN-7", "test_drop") == 1
+        await page.page.wait_for_selector("body[data-connection=reconnecting]", state="attached")
+        # emitted while the page has no stream: only a resume can bring it
+        hub.emit("RUN-7", "log", {"message": "[2026-01-01T00:00:04.000Z] during the drop"})
+        await page.wait_for_log_count(4)
+        await page.wait_for_connection("live")
+        hub.emit("RUN-7", "log", {"message": "[2026-01-01T00:00:05.000Z] after the drop"})
+        await page.wait_for_log_count(5)
+        assert await page.log_lines() == [
+            "[2026-01-01T00:00:00.000Z] Run RUN-7 started: 3 tests",
+            "[2026-01-01T00:00:01.000Z] ✔ TC-1 passed",
+            "[2026-01-01T00:00:03.000Z] before the drop",
+            "[2026-01-01T00:00:04.000Z] during the drop",
+            "[2026-01-01T00:00:05.000Z] after the drop",
+        ]
+        base = f"http://127.0.0.1:{port}/api/v1/runs/RUN-7/events?token={world.token}"
+        assert page.stream_requests() == [base, f"{base}&last_event_id={quote(str(first_id), safe='')}"]
+        await page.screenshot("resumed")
         assert_clean(page)
 
 
