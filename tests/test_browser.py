@@ -9,6 +9,7 @@ Content-Security-Policy violation is one) or uncaught page error.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -19,14 +20,18 @@ from typing import Any, Dict, Iterator, List
 from urllib.parse import quote
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from sentri.run_page import run_page
+from sentri.writes import append_log
 
 from .browser import WatchedPage, chromium, open_page
 from .conftest import JWT_SECRET, token_for
+from .services import wait_for_port
 from .sseclient import open_request
 
 SCRIPT_LINE = '[2026-01-01T00:00:02.000Z] <script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+PUBLISH_TOKEN = "test-publish-token"
 TESTS = [{"id": "TC-1", "name": "home renders"}, {"id": "TC-2", "name": "login works"},
          {"id": "TC-3", "name": "checkout completes"}]
 
@@ -322,3 +327,78 @@ async def watch_through_a_crash(demo_server: DemoServer, page: WatchedPage, run_
     assert len(page.stream_requests()) >= 2
     await page.screenshot("after_restart")
     assert page.page_errors == []
+
+
+class ServeProcess:
+    """``sentri serve`` on a fixed port, on the test's database, stopped the way systemd does (SIGTERM)."""
+
+    def __init__(self, port: int, database_url: str) -> None:
+        self.port = port
+        self.env = {**os.environ, "JWT_SECRET": JWT_SECRET, "DATABASE_URL": database_url, "LOG_LEVEL": "warn",
+                    "SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN, "SENTRI_DRAIN_WINDOW_S": "0.2"}
+        self.env.pop("REDIS_URL", None)
+        self.process: Any = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve", "--port", str(self.port)],
+                                        env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return int(self.process.returncode) if self.process is not None else 0
+        self.process.send_signal(signal.SIGTERM)
+        return int(self.process.wait(timeout=20))
+
+    async def publish(self, run_id: str, event: Dict[str, Any]) -> None:
+        response = await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{self.port}/api/v1/runs/{run_id}/events", method="POST", body=json.dumps(event),
+            headers={"Authorization": f"Bearer {PUBLISH_TOKEN}", "Content-Type": "application/json"})
+        assert response.code == 202
+
+
+@pytest.fixture
+def serve_process(database_url: str) -> Iterator[ServeProcess]:
+    server = ServeProcess(free_port(), database_url)
+    yield server
+    server.stop()
+
+
+def stamped(second: int, text: str) -> str:
+    return f"[2026-01-01T00:00:{second:02d}.000Z] {text}"
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_run_that_goes_on_across_a_server_restart_ends_with_every_log_line_once(
+        serve_process, world, live_run, context):
+    serve_process.start()
+    async with chromium() as browser, open_page(browser, page_url(serve_process.port, "RUN-7", world.token)) as page:
+        await page.wait_for_connection("live")
+        await serve_process.publish("RUN-7", {"type": "log", "message": stamped(3, "▶ TC-2 login works")})
+        await serve_process.publish("RUN-7", {"type": "log", "message": stamped(4, "✘ TC-2 failed")})
+        await page.wait_for_log_count(4)
+
+        assert serve_process.stop() == 0  # graceful: drained, exit status 0
+        await page.page.wait_for_selector("body[data-connection=reconnecting]", state="attached")
+        # a producer that writes to the database directly (a Node worker) goes on meanwhile
+        await context.store.run(lambda: append_log("RUN-7", stamped(5, "written while the server was down")))
+        serve_process.start()
+        await page.wait_for_log_count(5)
+        await page.wait_for_connection("live")
+
+        await serve_process.publish("RUN-7", {"type": "log", "message": stamped(6, "▶ TC-3 checkout completes")})
+        await serve_process.publish("RUN-7", {"type": "done", "status": "completed", "passed": 2, "failed": 1,
+                                              "total": 3})
+        await page.wait_for_connection("finished")
+        assert await page.log_lines() == [
+            "[2026-01-01T00:00:00.000Z] Run RUN-7 started: 3 tests",
+            "[2026-01-01T00:00:01.000Z] ✔ TC-1 passed",
+            stamped(3, "▶ TC-2 login works"),
+            stamped(4, "✘ TC-2 failed"),
+            stamped(5, "written while the server was down"),
+            stamped(6, "▶ TC-3 checkout completes"),
+        ]
+        assert await page.text("#status") == "completed"
+        assert await page.text("#final") == "Run finished: completed (2 passed, 1 failed, 3 total)"
+        await page.screenshot("across_a_restart")
+        assert page.page_errors == []
