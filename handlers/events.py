@@ -191,7 +191,7 @@ class RunEventsHandler(LenientDecoding):
 class LegacyPrefixRedirectHandler(LenientDecoding):
     """``/api/...`` (not ``/api/v1/...``) -> 308 to ``/api/v1/...``, query string kept (SPEC 1.1)."""
 
-    def _redirect(self, rest: str) -> None:
+    def _redirect(self) -> None:
         raw_path = self.request.path  # still percent-encoded, as the client sent it
         target = "/api/v1/" + raw_path[len("/api/"):]
         if self.request.query:
@@ -200,7 +200,27 @@ class LegacyPrefixRedirectHandler(LenientDecoding):
         self.set_header("Location", target)
         self.finish()
 
-    get = head = post = put = delete = patch = options = _redirect  # type: ignore[assignment]
+    # Every method, with Tornado's own signature (an alias would need a type: ignore).
+    def get(self, *args: str, **kwargs: str) -> None:
+        self._redirect()
+
+    def head(self, *args: str, **kwargs: str) -> None:
+        self._redirect()
+
+    def post(self, *args: str, **kwargs: str) -> None:
+        self._redirect()
+
+    def put(self, *args: str, **kwargs: str) -> None:
+        self._redirect()
+
+    def delete(self, *args: str, **kwargs: str) -> None:
+        self._redirect()
+
+    def patch(self, *args: str, **kwargs: str) -> None:
+        self._redirect()
+
+    def options(self, *args: str, **kwargs: str) -> None:
+        self._redirect()
 
 
 default_handlers = [

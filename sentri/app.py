@@ -60,8 +60,9 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
         store.bind()
     except Exception as error:  # the first contact with the database: say what failed in one line
         store.close()
-        raise SettingsError(f"DATABASE_URL: cannot open the database ({type(error).__name__}: {str(error).strip()})"
-                            ) from None
+        # Driver messages can span lines (psycopg2 adds a hint line); the first says what failed.
+        reason = (str(error).strip().splitlines() or [""])[0].strip()
+        raise SettingsError(f"DATABASE_URL: cannot open the database ({type(error).__name__}: {reason})") from None
     instance_id = settings.instance_id or new_instance_id()
     bus = bus or make_bus(settings, instance_id)
     metrics = Metrics(bus)

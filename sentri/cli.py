@@ -160,7 +160,7 @@ def demo(settings: Settings, step_s: float, runs: Optional[int]) -> int:
                   f"  curl -N '{base[0]}/api/v1/runs/{run_id}/events?token={token}'\n", flush=True)
 
         def ready(port: int) -> None:
-            host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host  # noqa: S104 (a comparison)
             base.append(f"http://{host}:{port}")
             task = asyncio.ensure_future(drive_runs(context, announce, step_s=step_s, runs=runs))
             if runs is not None:

@@ -171,7 +171,7 @@ class Settings:
 
     @property
     def artifact_signing_secret(self) -> str:
-        return self.artifact_secret or self.jwt_secret
+        return str(self.artifact_secret or self.jwt_secret)
 
     def __getattr__(self, name: str) -> Any:  # only reached for unknown names; keeps mypy honest
         raise AttributeError(name)

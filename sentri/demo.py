@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from .context import Context
 from .models import Project, Run, User, Workspace, WorkspaceMember
+from .store import tuples
 from .writes import append_log, finish_run, iso_now, log_message, update_run
 
 DEMO_USER = {"id": "USR-demo", "name": "Demo User", "email": "demo@sentri.local", "role": "admin"}
@@ -50,8 +51,8 @@ def seed_demo_sync() -> None:
 
 
 def next_run_id_sync() -> str:
-    numbers = [int(run_id.rsplit("-", 1)[1]) for (run_id,) in Run.select(Run.id).where(
-        Run.projectId == DEMO_PROJECT_ID).tuples() if run_id.rsplit("-", 1)[1].isdigit()]
+    ids = [str(run_id) for (run_id,) in tuples(Run.select(Run.id).where(Run.projectId == DEMO_PROJECT_ID))]
+    numbers = [int(run_id.rsplit("-", 1)[1]) for run_id in ids if run_id.rsplit("-", 1)[1].isdigit()]
     return f"RUN-{max(numbers, default=0) + 1}"
 
 
@@ -112,7 +113,8 @@ class DemoRun:
         await self.context.store.run(lambda: update_run(self.run_id, {"results": results}))
         signed = self.context.store.signer.sign_result(result, now_ms=int(time.time() * 1000))
         self.context.hub.emit(self.run_id, "result", {"result": signed})
-        self.context.hub.emit(self.run_id, "screenshot", {"testId": test["id"], "screenshotPath": signed["screenshotPath"]})
+        self.context.hub.emit(self.run_id, "screenshot",
+                              {"testId": test["id"], "screenshotPath": signed["screenshotPath"]})
         await self.log(f"{'✔' if status == 'passed' else '✘'} {test['id']} {status}",
                        "info" if status == "passed" else "error")
 
@@ -128,10 +130,11 @@ async def drive_runs(
     """Simulate runs one after another, forever unless ``runs`` is given."""
     rng = random.Random(seed)
     await context.store.run(seed_demo_sync)
-    for _ in itertools.count() if runs is None else range(runs):
+    for number in itertools.count(1) if runs is None else range(1, runs + 1):
         run_id = await context.store.run(next_run_id_sync)
         demo = DemoRun(context, run_id, step_s, rng)
         await demo.create()
         on_run(run_id)
         await demo.play()
-        await asyncio.sleep(pause_s)
+        if runs is None or number < runs:  # no pause after the last run: the demo ends at once
+            await asyncio.sleep(pause_s)

@@ -19,8 +19,8 @@ import peewee
 database_proxy = peewee.DatabaseProxy()
 
 
-def text(camel: str, **kwargs: object) -> peewee.TextField:
-    return peewee.TextField(column_name=camel.lower(), null=True, **kwargs)  # type: ignore[arg-type]
+def text(camel: str) -> peewee.TextField:
+    return peewee.TextField(column_name=camel.lower(), null=True)
 
 
 def integer(camel: str) -> peewee.IntegerField:

@@ -18,7 +18,7 @@ VISUAL_DIFF_KEYS = ("baselinePath", "diffPath")
 
 
 def artifact_mac(secret: str, path: str, expires_ms: int) -> str:
-    digest = hmac.new(secret.encode("utf-8"), f"{path}:{expires_ms}".encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.new(secret.encode("utf-8"), f"{path}:{expires_ms}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 

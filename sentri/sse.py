@@ -43,7 +43,7 @@ def to_utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        escaped = _LONE_SURROGATE.sub(lambda match: "\\u%04x" % ord(match.group()), text)
+        escaped = _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
         return escaped.encode("utf-8")
 
 

@@ -70,12 +70,14 @@ def open_database(url: str, data_dir: str, max_connections: int) -> peewee.Datab
         try:
             import psycopg2  # noqa: F401  (imported here so SQLite users need no driver)
         except ImportError:
-            raise SettingsError("DATABASE_URL is PostgreSQL but psycopg2 is not installed (pip install 'sentri-live[postgres]')") from None
+            raise SettingsError(
+                "DATABASE_URL is PostgreSQL but psycopg2 is not installed (pip install 'sentri-live[postgres]')"
+            ) from None
         try:
             port = parts.port or 5432
         except ValueError:
             raise SettingsError("DATABASE_URL: the port is not a number") from None
-        return PooledPostgresqlDatabase(
+        database: peewee.Database = PooledPostgresqlDatabase(
             name,
             user=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
@@ -85,11 +87,12 @@ def open_database(url: str, data_dir: str, max_connections: int) -> peewee.Datab
             stale_timeout=300,
             connect_timeout=5,
         )
+        return database
     raise SettingsError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use sqlite:/// or postgres://)")
 
 
 def _sqlite(path: str, max_connections: int) -> peewee.Database:
-    return PooledSqliteDatabase(
+    database: peewee.Database = PooledSqliteDatabase(
         path,
         max_connections=max_connections,
         stale_timeout=300,
@@ -97,6 +100,17 @@ def _sqlite(path: str, max_connections: int) -> peewee.Database:
         # Pooled connections move between worker threads; each is used by one thread at a time.
         check_same_thread=False,
     )
+    return database
+
+
+def execute_sql(database: Any, sql: str) -> None:
+    """``Database.execute_sql``, which peewee's stubs leave untyped."""
+    database.execute_sql(sql)
+
+
+def tuples(query: Any) -> List[Tuple[Any, ...]]:
+    """A query's rows as tuples (peewee's stubs type the rows as model instances)."""
+    return list(query.tuples())
 
 
 def dialect_of(database: peewee.Database) -> str:
@@ -112,7 +126,7 @@ def ensure_schema(database: peewee.Database) -> None:
                 continue
             with database.atomic():
                 for statement in statements:
-                    database.execute_sql(statement)
+                    execute_sql(database, statement)
 
 
 class StreamOutcome(enum.Enum):
@@ -268,7 +282,7 @@ class Store:
 
     def log_messages(self, run_id: str) -> List[str]:
         query = RunLog.select(RunLog.message).where(RunLog.runId == run_id).order_by(RunLog.seq, RunLog.id)
-        return [message for (message,) in query.tuples()]
+        return [message for (message,) in tuples(query)]
 
     def open_stream_sync(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
                          include_snapshot: bool = True) -> StreamLookup:
@@ -305,7 +319,7 @@ class Store:
         return await self.run(lambda: self.run_exists_sync(run_id))
 
     def ping_sync(self) -> None:
-        self.database.execute_sql("SELECT 1")
+        execute_sql(self.database, "SELECT 1")
 
     async def ping(self) -> None:
         await self.run(self.ping_sync)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 import time
 from typing import TYPE_CHECKING, Deque, List, Optional, Union
@@ -86,7 +87,7 @@ class EventStream:
         "__weakref__",
     )
 
-    def __init__(self, hub: "Hub", run_id: str, jti: Optional[str] = None, client_ip: str = "") -> None:
+    def __init__(self, hub: Hub, run_id: str, jti: Optional[str] = None, client_ip: str = "") -> None:
         self.hub = hub
         self.run_id = run_id
         self.jti = jti
@@ -236,9 +237,7 @@ class EventStream:
             if fd >= 0:
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
-            try:
+            with contextlib.suppress(OSError):  # close never raises on Linux for a valid fd
                 sock.close()
-            except OSError:  # pragma: no cover - close never raises on Linux for a valid fd
-                pass
             self.sock = None
         self.hub.stream_closed(self)
