@@ -332,16 +332,18 @@ async def watch_through_a_crash(demo_server: DemoServer, page: WatchedPage, run_
 class ServeProcess:
     """``sentri serve`` on a fixed port, on the test's database, stopped the way systemd does (SIGTERM)."""
 
-    def __init__(self, port: int, database_url: str) -> None:
+    def __init__(self, port: int, database_url: str, log_path: str) -> None:
         self.port = port
-        self.env = {**os.environ, "JWT_SECRET": JWT_SECRET, "DATABASE_URL": database_url, "LOG_LEVEL": "warn",
+        self.log_path = log_path
+        self.env = {**os.environ, "JWT_SECRET": JWT_SECRET, "DATABASE_URL": database_url, "LOG_LEVEL": "info",
                     "SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN, "SENTRI_DRAIN_WINDOW_S": "0.2"}
         self.env.pop("REDIS_URL", None)
         self.process: Any = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve", "--port", str(self.port)],
-                                        env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve", "--port", str(self.port)],
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, process=self.process)
 
     def stop(self) -> int:
@@ -349,6 +351,10 @@ class ServeProcess:
             return int(self.process.returncode) if self.process is not None else 0
         self.process.send_signal(signal.SIGTERM)
         return int(self.process.wait(timeout=20))
+
+    def log_text(self) -> str:
+        with open(self.log_path, encoding="utf-8") as log:
+            return log.read()
 
     async def publish(self, run_id: str, event: Dict[str, Any]) -> None:
         response = await AsyncHTTPClient().fetch(
@@ -358,8 +364,8 @@ class ServeProcess:
 
 
 @pytest.fixture
-def serve_process(database_url: str) -> Iterator[ServeProcess]:
-    server = ServeProcess(free_port(), database_url)
+def serve_process(database_url: str, tmp_path: Any) -> Iterator[ServeProcess]:
+    server = ServeProcess(free_port(), database_url, str(tmp_path / "serve.log"))
     yield server
     server.stop()
 
@@ -402,3 +408,6 @@ async def test_a_run_that_goes_on_across_a_server_restart_ends_with_every_log_li
         assert await page.text("#final") == "Run finished: completed (2 passed, 1 failed, 3 total)"
         await page.screenshot("across_a_restart")
         assert page.page_errors == []
+    log = serve_process.log_text()
+    assert "GET /runs/RUN-7 200" in log  # the page and its stream were logged, the token never
+    assert world.token not in log and world.token.split(".")[2] not in log
