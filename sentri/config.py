@@ -218,8 +218,11 @@ def settings_reference() -> List[str]:
     rows = ["| Variable | Flag | Default | Description |", "|---|---|---|---|"]
     for setting in SETTINGS:
         default = setting.default
+        if isinstance(default, bool):  # written as the environment spells it
+            default = "true" if default else "false"
         shown = "unset" if default in ("", ()) else f"`{default}`"
-        rows.append(f"| `{setting.name}` | `{setting.flag}` | {shown} | {setting.description} |")
+        description = setting.description.replace("|", "\\|")  # a bare | would split the cell
+        rows.append(f"| `{setting.name}` | `{setting.flag}` | {shown} | {description} |")
     return rows
 
 
