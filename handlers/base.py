@@ -53,6 +53,9 @@ class JsonHandler(tornado.web.RequestHandler):
         else:
             reason = http.client.responses.get(status_code, "error")
             body = {"error": reason.lower()}
+        if isinstance(body.get("retryAfter"), int):
+            # send_error cleared the headers set before the raise: the body's hint is the source.
+            self.set_header("Retry-After", str(body["retryAfter"]))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(dumps_js(body))
 

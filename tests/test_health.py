@@ -67,7 +67,8 @@ async def test_readiness_is_ready_when_the_database_answers_and_the_relay_is_con
 
 
 @pytest.mark.gen_test
-async def test_readiness_is_503_draining_once_a_drain_starts_while_liveness_stays_ok(port, relay_context):
+async def test_readiness_is_503_draining_once_a_drain_starts_while_liveness_stays_ok(port, relay_context, expect_log):
+    expect_log("sentri.access", r"GET /readyz 503$")
     assert await relay_context.bus.wait_connected(5.0)
     await drain(relay_context, 0.0)
     assert await get_json(port, "/readyz") == (503, {"error": "not ready", "failed": ["draining"]})
@@ -76,7 +77,9 @@ async def test_readiness_is_503_draining_once_a_drain_starts_while_liveness_stay
 
 @pytest.mark.gen_test(timeout=30)
 async def test_readiness_is_503_relay_while_redis_is_down_and_ready_again_when_it_returns(
-        port, relay_context, redis_server):
+        port, relay_context, redis_server, expect_log):
+    expect_log("sentri.access", r"GET /readyz 503$")
+    expect_log("sentri.relay", r"relay lost redis")
     assert await relay_context.bus.wait_connected(5.0)
     assert await readiness_is(port, 200)
     redis_server.stop()
@@ -88,7 +91,9 @@ async def test_readiness_is_503_relay_while_redis_is_down_and_ready_again_when_i
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_readiness_is_503_database_while_the_database_is_gone(settings, redis_server):
+async def test_readiness_is_503_database_while_the_database_is_gone(settings, expect_log):
+    expect_log("sentri.access", r"GET /readyz 503$")
+    expect_log("sentri.health", r"readiness: database check failed \(OperationalError\)")
     server_url = os.environ.get("SENTRI_TEST_DATABASE_URL") or DEFAULT_PG_SERVER
     with pg.temporary_database(server_url) as url:
         context = build_context(settings.replace(database_url=url, redis_url=""))
