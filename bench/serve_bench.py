@@ -1,0 +1,167 @@
+"""Start Sentri for the benchmark: a prepared database, then the real server, one process.
+
+Prepares the benchmark's fixture (``../shared/bench/fixtures/run.json``) in a database:
+runs ``run-0`` .. ``run-<N-1>``, all ``running``, in project ``proj-1`` of workspace
+``ws-1``, each with the fixture's three stored log lines, and one user who owns ``ws-1``.
+Then serves with the settings the harness passes through the environment.
+
+The harness publishes with ``POST /emit/run-<n>`` (the seed's stub route). That route is
+bench-only: it exists when ``SENTRI_BENCH_EMIT=1`` and lives in this file, never in the
+production routes; it calls ``hub.emit`` exactly as an in-process producer would. The Redis
+publish mode needs no route (``REDIS_URL`` makes the server relay ``sentri:run:*``).
+
+    python bench/serve_bench.py --prepare-only        # fill the database, print a token
+    python bench/serve_bench.py                       # fill it (if empty) and serve
+    python bench/serve_bench.py --token               # print a token for the bench user
+
+Settings come from the environment exactly as for ``sentri serve`` (DATABASE_URL, JWT_SECRET,
+PORT, ...). ``SENTRI_BENCH_RUNS`` (default 100) sets the number of runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the project root, when run as a script
+
+import tornado.httpserver  # noqa: E402
+import tornado.netutil  # noqa: E402
+import tornado.web  # noqa: E402
+
+from sentri import app as sentri_app  # noqa: E402
+from sentri.cli import LISTEN_BACKLOG  # noqa: E402
+from sentri.config import Settings, load_settings  # noqa: E402
+from sentri.context import Context  # noqa: E402
+from sentri.logs import configure_logging  # noqa: E402
+from sentri.models import Project, Run, RunLog, User, Workspace, WorkspaceMember  # noqa: E402
+from sentri.tokens import mint  # noqa: E402
+
+BENCH_USER = {"id": "usr-bench", "name": "Bench User", "email": "bench@sentri.local", "role": "admin"}
+WORKSPACE_ID = "ws-1"
+PROJECT_ID = "proj-1"
+# The fixture every peer's snapshot carries (same values as ../shared/bench/fixtures/run.json).
+FIXTURE: Dict[str, Any] = {
+    "projectId": PROJECT_ID,
+    "status": "running",
+    "type": "test_run",
+    "startedAt": "2026-01-01T00:00:00.000Z",
+    "total": 12,
+    "tests": [],
+    "logs_seed": [
+        "[00:00:00] run started",
+        "[00:00:01] crawling https://example.test/",
+        "[00:00:02] generated 12 tests",
+    ],
+}
+CREATED_AT = "2026-01-01T00:00:00.000Z"
+
+
+def prepare_sync(run_count: int) -> int:
+    """Insert the fixture rows that are missing; returns how many runs were created."""
+    User.insert(passwordHash="", createdAt=CREATED_AT, **BENCH_USER).on_conflict_ignore().execute()
+    Workspace.insert(id=WORKSPACE_ID, name="Bench", slug="bench", ownerId=BENCH_USER["id"],
+                     createdAt=CREATED_AT).on_conflict_ignore().execute()
+    WorkspaceMember.insert(id="wm-bench", workspaceId=WORKSPACE_ID, userId=BENCH_USER["id"], role="admin",
+                           joinedAt=CREATED_AT).on_conflict_ignore().execute()
+    Project.insert(id=PROJECT_ID, name="Bench shop", url="https://example.test/", status="active",
+                   createdAt=CREATED_AT, workspaceId=WORKSPACE_ID).on_conflict_ignore().execute()
+    existing = {run_id for (run_id,) in Run.select(Run.id).tuples()}
+    created = 0
+    for n in range(run_count):
+        run_id = f"run-{n}"
+        if run_id in existing:
+            continue
+        Run.insert(id=run_id, projectId=PROJECT_ID, type=FIXTURE["type"], status=FIXTURE["status"],
+                   startedAt=FIXTURE["startedAt"], total=FIXTURE["total"], tests=json.dumps(FIXTURE["tests"]),
+                   workspaceId=WORKSPACE_ID).execute()
+        for seq, message in enumerate(FIXTURE["logs_seed"], start=1):
+            RunLog.insert(runId=run_id, seq=seq, level="info", message=message, createdAt=CREATED_AT).execute()
+        created += 1
+    return created
+
+
+class EmitHandler(tornado.web.RequestHandler):
+    """Bench-only ``POST /emit/<runId>``: the body is the event, as the seed's stub route does."""
+
+    def initialize(self, context: Context) -> None:
+        self.context = context
+
+    def post(self, run_id: str) -> None:
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            self.set_status(400)
+            self.finish({"error": "body must be a JSON object with a string type"})
+            return
+        self.context.hub.emit(run_id, body["type"], body)
+        self.finish(b'{"ok":true}')
+
+
+class ReadyHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.finish(b'{"ok":true}')
+
+
+def bench_routes(context: Context) -> List[Tuple[Any, ...]]:
+    return [(r"/emit/([^/]+)", EmitHandler, {"context": context}),
+            (r"/bench/ready", ReadyHandler)]
+
+
+async def serve(context: Context) -> None:
+    application = sentri_app.make_app(context)
+    if os.environ.get("SENTRI_BENCH_EMIT") == "1":
+        application.wildcard_router.add_rules(bench_routes(context))
+    sockets = tornado.netutil.bind_sockets(context.settings.port, context.settings.host, backlog=LISTEN_BACKLOG)
+    server = tornado.httpserver.HTTPServer(application, xheaders=True, max_header_size=16 * 1024)
+    server.add_sockets(sockets)
+    await sentri_app.start(context)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    print(f"bench server on {context.settings.host}:{context.settings.port} pid {os.getpid()}", flush=True)
+    try:
+        await stopping.wait()
+    finally:
+        server.stop()
+        await sentri_app.stop(context)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepare-only", action="store_true", help="fill the database and exit")
+    parser.add_argument("--token", action="store_true", help="print a token for the bench user and exit")
+    args = parser.parse_args()
+    settings: Settings = load_settings(os.environ)
+    configure_logging(settings.log_level, settings.log_json)
+    if args.token:
+        print(mint(settings.jwt_secret, BENCH_USER, WORKSPACE_ID, lifetime_s=30 * 24 * 3600))
+        return 0
+    context = sentri_app.build_context(settings)
+    run_count = int(os.environ.get("SENTRI_BENCH_RUNS", "100"))
+    created = asyncio.run(_prepare(context, run_count))
+    if args.prepare_only:
+        context.store.close()
+        print(f"prepared {created} new runs")
+        return 0
+    gc.collect()
+    asyncio.run(serve(context))
+    return 0
+
+
+async def _prepare(context: Context, run_count: int) -> int:
+    return await context.store.run(lambda: prepare_sync(run_count))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
