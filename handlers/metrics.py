@@ -29,8 +29,10 @@ class MetricsHandler(JsonHandler):
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             presented.strip().encode("utf-8"), expected.encode("utf-8")
         ):
+            # Answered here, not raised: send_error would clear this header.
             self.set_header("WWW-Authenticate", 'Bearer realm="metrics"')
-            raise ApiError(401, AUTH_REQUIRED)
+            self.write_json(AUTH_REQUIRED, status=401)
+            return
         self.set_header("Content-Type", CONTENT_TYPE)
         self.set_header("Cache-Control", "no-store")
         self.finish(metrics.exposition())
