@@ -23,9 +23,12 @@ from sentri.writes import iso_now
 
 from . import pg, sseclient
 from .logcheck import expect_log, fail_on_unexpected_logs  # noqa: F401  (fixtures: a WARNING+ line fails a test)
+from .logsweep import remember_secret, session_log_dir, sweep_session_logs_for_secrets  # noqa: F401  (SPEC 2.2 sweep)
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef"
 ARTIFACT_SECRET = "test-artifact-secret"
+remember_secret(JWT_SECRET)
+remember_secret(ARTIFACT_SECRET)
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +177,7 @@ def world(rows: Rows) -> World:
 
 def token_for(user: Dict[str, Any], workspace_id: Optional[str] = None, secret: str = JWT_SECRET,
               lifetime_s: int = 3600, now: Optional[float] = None) -> str:
-    return mint(secret, user, workspace_id, lifetime_s=lifetime_s, now=now)
+    return remember_secret(mint(secret, user, workspace_id, lifetime_s=lifetime_s, now=now))
 
 
 __all__ = ["MODELS", "Rows", "World", "token_for"]

@@ -100,11 +100,13 @@ async def test_a_stream_request_during_the_drain_is_refused_with_503(port, world
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sigterm_drains_open_streams_within_the_window_and_exits_0(world, database_url, tmp_path):
+async def test_sigterm_drains_open_streams_within_the_window_and_exits_0(world, database_url, tmp_path,
+                                                                       session_log_dir):
     serve_port = free_port()
     env = {**os.environ, "PORT": str(serve_port), "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET,
            "SENTRI_DRAIN_WINDOW_S": "1.5", "LOG_JSON": "true", "SENTRI_DATA_DIR": str(tmp_path)}
-    with open(tmp_path / "serve.stderr", "wb") as stderr:
+    stderr_path = os.path.join(session_log_dir, f"drain-serve-{serve_port}.stderr")
+    with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve"], env=env, stderr=stderr)
     try:
         wait_for_port(serve_port, process=process)
@@ -127,6 +129,7 @@ async def test_sigterm_drains_open_streams_within_the_window_and_exits_0(world, 
             process.wait()
     assert status == 0
     assert elapsed < 1.5 + 1.0  # the window, plus the process's own shutdown
-    log = (tmp_path / "serve.stderr").read_text()
+    with open(stderr_path, encoding="utf-8") as handle:
+        log = handle.read()
     assert log.count('"reason":"drained"') == 3
     print(f"sentri serve drained 3 streams and exited 0 in {elapsed:.3f}s after SIGTERM (window 1.5s)")

@@ -7,10 +7,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sentri import sse
 
+from .logsweep import remember_secret
 from .services import wait_until
 from .sseclient import open_request
 
-METRICS_TOKEN = "metrics-token-for-tests-5b1f"
+METRICS_TOKEN = remember_secret("metrics-token-for-tests-5b1f")
 
 
 @pytest.fixture
