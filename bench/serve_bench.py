@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +43,7 @@ from sentri.config import Settings, load_settings  # noqa: E402
 from sentri.context import Context  # noqa: E402
 from sentri.logs import configure_logging  # noqa: E402
 from sentri.models import Project, Run, RunLog, User, Workspace, WorkspaceMember  # noqa: E402
+from sentri.runtime import tune_gc  # noqa: E402
 from sentri.tokens import mint  # noqa: E402
 
 BENCH_USER = {"id": "usr-bench", "name": "Bench User", "email": "bench@sentri.local", "role": "admin"}
@@ -117,6 +119,44 @@ def bench_routes(context: Context) -> List[Tuple[Any, ...]]:
             (r"/bench/ready", ReadyHandler)]
 
 
+class Diagnostics:
+    """``SENTRI_BENCH_DIAG=1``: every 5 s one line of loop lag, GC pauses and lookup sharing."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.gc_pause_s = 0.0
+        self.gc_max_s = 0.0
+        self.gc_runs = [0, 0, 0]
+        self._gc_started = 0.0
+        self.max_lag_s = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: Dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        self.gc_pause_s += pause
+        self.gc_max_s = max(self.gc_max_s, pause)
+        self.gc_runs[info["generation"]] += 1
+
+    async def watch(self) -> None:
+        last = time.monotonic()
+        while True:
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                now = time.monotonic()
+                self.max_lag_s = max(self.max_lag_s, now - last - 0.1)
+                last = now
+            reads = self.context.store.shared_reads
+            print(f"diag streams={self.context.hub.stream_count} max_loop_lag_ms={self.max_lag_s * 1000:.0f} "
+                  f"gc_pause_ms={self.gc_pause_s * 1000:.0f} gc_max_ms={self.gc_max_s * 1000:.0f} "
+                  f"gc_runs={self.gc_runs} lookups_read={reads.reads} lookups_shared={reads.shared} "
+                  f"objects={len(gc.get_objects())}", flush=True)
+            self.max_lag_s = self.gc_pause_s = self.gc_max_s = 0.0
+            self.gc_runs = [0, 0, 0]
+
+
 async def serve(context: Context) -> None:
     application = sentri_app.make_app(context)
     if os.environ.get("SENTRI_BENCH_EMIT") == "1":
@@ -129,6 +169,8 @@ async def serve(context: Context) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    if os.environ.get("SENTRI_BENCH_DIAG") == "1":
+        watcher = asyncio.ensure_future(Diagnostics(context).watch())  # noqa: F841 (runs until exit)
     print(f"bench server on {context.settings.host}:{context.settings.port} pid {os.getpid()}", flush=True)
     try:
         await stopping.wait()
@@ -154,7 +196,13 @@ def main() -> int:
         context.store.close()
         print(f"prepared {created} new runs")
         return 0
-    gc.collect()
+    if os.environ.get("BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
+    tune_gc(settings.gc_threshold)  # as `sentri serve` does
+    if os.environ.get("BENCH_UVLOOP") == "1":  # measured: no gain here (bench/README.md)
+        import uvloop
+
+        uvloop.install()
     asyncio.run(serve(context))
     return 0
 

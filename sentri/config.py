@@ -92,6 +92,14 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("SENTRI_HEARTBEAT_INTERVAL_S", float, 5.0, "Seconds between ': heartbeat' comments.", minimum=0.001),
     Setting("SENTRI_DB_WORKERS", int, 4, "Threads (each with its own pooled connection) running database lookups.", minimum=1),
     Setting("SENTRI_INSTANCE_ID", str, "", "Unique id of this process on the relay; unset: generated at start."),
+    Setting(
+        "SENTRI_GC_THRESHOLD",
+        int,
+        20_000,
+        "Allocations between young-generation garbage collections (Python's default is 700); "
+        "objects alive at start-up are also frozen out of collections.",
+        minimum=1,
+    ),
     # The Redis relay (README "Several instances (Redis)").
     Setting("SENTRI_RELAY_SUBSCRIBE_TIMEOUT_S", float, 1.0,
             "Seconds a new stream waits for Redis to confirm its run's subscription before reading the run.",

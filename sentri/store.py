@@ -35,6 +35,7 @@ from .models import (
     create_table_statements,
     database_proxy,
 )
+from .shared_reads import SharedReads
 from .signing import ArtifactSigner
 
 T = TypeVar("T")
@@ -200,6 +201,7 @@ class Store:
         self._run_fields: Sequence[peewee.Field] = Run._meta.sorted_fields
         # Told how long each ``run`` took, queueing included (the metrics' lookup histogram).
         self.timing: Callable[[float], None] = lambda seconds: None
+        self.shared_reads = SharedReads()
 
     def bind(self) -> None:
         """Point the models at this database and learn which run columns the table has."""
@@ -309,7 +311,11 @@ class Store:
 
     async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
                           include_snapshot: bool = True) -> StreamLookup:
-        return await self.run(lambda: self.open_stream_sync(user_id, claimed_workspace, run_id, include_snapshot))
+        # Concurrent identical connects (a reconnect storm) share one read: see shared_reads.
+        key = (user_id, claimed_workspace, run_id, include_snapshot)
+        return await self.shared_reads.run(
+            key, self.run, lambda: self.open_stream_sync(user_id, claimed_workspace, run_id, include_snapshot)
+        )
 
     def run_exists_sync(self, run_id: str) -> bool:
         return Run.select(Run.id).where((Run.id == run_id) & Run.deletedAt.is_null()).exists()
