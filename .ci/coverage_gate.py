@@ -12,7 +12,8 @@ import sys
 
 
 def main(argv: list) -> int:
-    totals = json.load(open(argv[1]))["totals"]
+    with open(argv[1]) as report:
+        totals = json.load(report)["totals"]
     minimum = float(argv[2]) if len(argv) > 2 else 90.0
     lines = 100.0 * totals["covered_lines"] / max(totals["num_statements"], 1)
     branches = 100.0 * totals["covered_branches"] / max(totals["num_branches"], 1)
