@@ -21,10 +21,10 @@ from sentri.models import MODELS, Project, Run, RunLog, User, Workspace, Workspa
 from sentri.tokens import mint
 from sentri.writes import iso_now
 
-from . import pg, sseclient
+from . import pg, schemas, sseclient
 from .logcheck import expect_log, fail_on_unexpected_logs  # noqa: F401  (fixtures: a WARNING+ line fails a test)
-from .markers import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (the redis marker)
 from .logsweep import remember_secret, session_log_dir, sweep_session_logs_for_secrets  # noqa: F401  (SPEC 2.2 sweep)
+from .markers import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (the redis marker)
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef"
 ARTIFACT_SECRET = "test-artifact-secret"
@@ -50,11 +50,20 @@ def database_url_for_session(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture
-def database_url(database_url_for_session: Optional[str], tmp_path: Any) -> str:
+def schema() -> schemas.Schema:
+    """Who creates the tables; a module overrides it to run over the Node backend's DDL too."""
+    return schemas.PROJECT
+
+
+@pytest.fixture
+def database_url(database_url_for_session: Optional[str], tmp_path: Any, schema: schemas.Schema) -> str:
     if database_url_for_session is None:
-        return f"sqlite:///{tmp_path}/sentri.db"
-    pg.drop_tables(database_url_for_session)
-    return database_url_for_session
+        url = f"sqlite:///{tmp_path}/sentri.db"
+    else:
+        pg.drop_tables(database_url_for_session)
+        url = database_url_for_session
+    schema.apply(url)
+    return url
 
 
 @pytest.fixture
@@ -101,8 +110,9 @@ def port(http_server: Any, http_port: int) -> int:
 class Rows:
     """Creates the rows a test needs, with Node-like ids, directly in the test database."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, schema: schemas.Schema = schemas.PROJECT) -> None:
         self.database = context.store.database
+        self.schema = schema
         self.counter = 0
 
     def _id(self, prefix: str) -> str:
@@ -110,8 +120,10 @@ class Rows:
         return f"{prefix}-{self.counter}"
 
     def _insert(self, model: Any, **values: Any) -> Dict[str, Any]:
+        # The Node schema may lack a column on purpose (tests/schemas.py): the row goes without it.
+        present = self.schema.present(model._meta.table_name, values)
         with self.database.connection_context():
-            model.insert(**values).execute()
+            model.insert(**present).execute()
         return values
 
     def user(self, **values: Any) -> Dict[str, Any]:
@@ -152,8 +164,8 @@ class Rows:
 
 
 @pytest.fixture
-def rows(context: Context) -> Rows:
-    return Rows(context)
+def rows(context: Context, schema: schemas.Schema) -> Rows:
+    return Rows(context, schema)
 
 
 class World:

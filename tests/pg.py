@@ -52,3 +52,13 @@ def drop_database(server_url: str, database_url: str) -> None:
             cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         admin.close()
+
+
+def execute(url: str, script: str) -> None:
+    """Run a script of SQL statements (a DDL file) on the database ``url`` names."""
+    connection = _connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(script)
+    finally:
+        connection.close()

@@ -1,7 +1,9 @@
 """The snapshot frame (SPEC 1.3) and the done sent on connect to a finished run.
 
 Every test here writes rows through the ``rows`` fixture, so the same tests run on SQLite and,
-under ``SENTRI_TEST_DATABASE_URL``, on PostgreSQL.
+under ``SENTRI_TEST_DATABASE_URL``, on PostgreSQL; and each runs twice: on tables this project
+created, and on tables created by the Node backend's own DDL (tests/schemas.py: unquoted
+camelCase columns, one unknown column, one missing).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sentri.signing import verify_signed_path
 
 from .conftest import ARTIFACT_SECRET
 from .frames import next_data
+from .schemas import BOTH
 from .sseclient import open_request
 
 RUN_KEYS = [
@@ -25,6 +28,11 @@ RUN_KEYS = [
     "currentStep", "rateLimitError", "qualityAnalytics", "deletedAt", "workspaceId", "pages", "browser",
     "retryCount", "failedAfterRetry", "networkCondition",
 ]
+
+
+@pytest.fixture(params=BOTH, ids=str)
+def schema(request):
+    return request.param
 
 
 async def first_frame(port, world, run_id):
@@ -41,7 +49,8 @@ def run_of(frame: bytes):
 
 
 @pytest.mark.gen_test
-async def test_the_snapshot_of_a_full_run_is_the_row_in_camel_case_table_order_byte_for_byte(port, world, rows):
+async def test_the_snapshot_of_a_full_run_is_the_row_in_camel_case_table_order_byte_for_byte(port, world, rows,
+                                                                                             schema):
     rows.run(
         world.project, id="RUN-7", status="running", finishedAt=None, duration=1234, error="boom \u2713",
         errorCategory="timeout", passed=2, failed=1, total=3, pagesFound=7, parallelWorkers=2,
@@ -65,17 +74,17 @@ async def test_the_snapshot_of_a_full_run_is_the_row_in_camel_case_table_order_b
         '"qualityAnalytics":{"score":98},"deletedAt":null,"workspaceId":"WS-1","pages":["/","/login"],'
         '"browser":"chromium","retryCount":0,"failedAfterRetry":0,"networkCondition":"fast3g"}}'
     )
-    assert frame == b"data: " + expected.encode("utf-8") + b"\n\n"
-    assert list(run_of(frame)) == RUN_KEYS
+    assert frame == b"data: " + schema.snapshot_json(expected).encode("utf-8") + b"\n\n"
+    assert list(run_of(frame)) == schema.run_keys(RUN_KEYS)
 
 
 @pytest.mark.gen_test
-async def test_null_and_empty_json_columns_take_the_spec_defaults(port, world, rows):
+async def test_null_and_empty_json_columns_take_the_spec_defaults(port, world, rows, schema):
     rows.run(world.project, id="RUN-8", videoSegments="", tests="", results=None, pages=None,
              testQueue="", generateInput=None)
     _, frame = await first_frame(port, world, "RUN-8")
     run = run_of(frame)
-    assert list(run) == RUN_KEYS
+    assert list(run) == schema.run_keys(RUN_KEYS)
     for key in ("videoSegments", "tests", "results", "pages", "logs"):
         assert run[key] == [], key
     for key in ("testQueue", "generateInput", "promptAudit", "pipelineStats", "feedbackLoop", "qualityAnalytics"):

@@ -1,0 +1,89 @@
+"""Who created the tables: this project (``ensure_schema``) or the Node backend's own DDL.
+
+A deployment beside the Node backend reads tables Node created, which differ from ours:
+unquoted camelCase columns (folded to lower case by PostgreSQL), a column this project does
+not know, and, on an older database, a column missing. ``NODE`` applies that DDL
+(tests/fixtures/node_schema_<dialect>.sql) to the empty test database before the server
+starts, so ``ensure_schema`` finds the tables there and must leave them alone.
+
+The ``schema`` fixture (tests/conftest.py) is ``PROJECT`` unless a test module overrides it;
+tests/test_snapshot.py runs over both.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+from . import pg
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    # The DDL file's stem (node_schema -> node_schema_sqlite.sql / node_schema_postgres.sql);
+    # None: the server creates the tables itself.
+    ddl: Optional[str] = None
+    # Columns the Node DDL lacks, per table (camelCase); rows leave them out.
+    missing_columns: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    # Columns only the Node DDL has, per table: they must never reach a client.
+    unknown_columns: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+
+    def __str__(self) -> str:  # the test id: test_x[node]
+        return self.name
+
+    def ddl_text(self, database_url: str) -> str:
+        dialect = "postgres" if database_url.startswith(("postgres:", "postgresql:")) else "sqlite"
+        return (FIXTURES / f"{self.ddl}_{dialect}.sql").read_text(encoding="utf-8")
+
+    def apply(self, database_url: str) -> None:
+        """Create the tables the way this schema's author does, on an empty database."""
+        if self.ddl is None:
+            return
+        script = self.ddl_text(database_url)
+        if database_url.startswith(("postgres:", "postgresql:")):
+            pg.execute(database_url, script)
+            return
+        connection = sqlite3.connect(sqlite_path(database_url))
+        try:
+            connection.executescript(script)
+        finally:
+            connection.close()
+
+    def has_column(self, table: str, column: str) -> bool:
+        return column not in self.missing_columns.get(table, ())
+
+    def present(self, table: str, values: Dict[str, Any]) -> Dict[str, Any]:
+        """``values`` without the columns this schema's ``table`` lacks."""
+        return {key: value for key, value in values.items() if self.has_column(table, key)}
+
+    def run_keys(self, keys: List[str]) -> List[str]:
+        """The snapshot's run keys under this schema: missing columns are not sent."""
+        return [key for key in keys if self.has_column("runs", key)]
+
+    def snapshot_json(self, expected: str) -> str:
+        """An expected snapshot frame's JSON (written for the project's schema) under this schema."""
+        event = json.loads(expected)
+        event["run"] = self.present("runs", event["run"])
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def sqlite_path(database_url: str) -> str:
+    path = unquote(urlsplit(database_url).path)
+    return path[1:] if path.startswith("/") else path
+
+
+PROJECT = Schema("sentri")
+NODE = Schema(
+    "node",
+    ddl="node_schema",
+    missing_columns={"runs": ("networkCondition",)},
+    unknown_columns={"runs": ("ciBuildUrl",)},
+)
+BOTH = (PROJECT, NODE)
