@@ -1,0 +1,168 @@
+"""Fixtures for relay tests: a private Redis a test may kill, pause and restart on the same port,
+and ``sentri serve`` as a separate process (another instance on the same Redis and database)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+import redis
+
+from .conftest import ARTIFACT_SECRET, JWT_SECRET
+from .services import RedisServer
+
+
+class RelayRedis(RedisServer):
+    """``RedisServer`` plus what relay tests do to it: pause (a Redis that stops answering)."""
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused server cannot die
+        super().stop()
+
+    def client(self) -> "redis.Redis[bytes]":
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def channels(self) -> List[bytes]:
+        client = self.client()
+        try:
+            return sorted(client.pubsub_channels())
+        finally:
+            client.close()
+
+    def subscribers(self, channel: str) -> int:
+        client = self.client()
+        try:
+            return int(client.pubsub_numsub(channel)[0][1])
+        finally:
+            client.close()
+
+    def publish(self, channel: str, message: bytes) -> int:
+        client = self.client()
+        try:
+            return int(client.publish(channel, message))
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[RelayRedis]:
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RelayRedis(str(folder)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_not_started(tmp_path: Any) -> Iterator[RelayRedis]:
+    """A Redis the test starts itself (its port is chosen, nothing listens there yet)."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RelayRedis(str(folder))
+    yield server
+    server.stop()
+
+
+LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
+
+
+class SentriProcess:
+    """``sentri serve`` in a child process; its log lines are collected as they come."""
+
+    def __init__(self, env: Dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sentri.cli", "serve"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: List[str] = []
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._lock = threading.Condition()
+        self._pumping = threading.Thread(target=self._pump, daemon=True)
+        self._pumping.start()
+        line = self.wait_for_line(LISTENING, timeout_s=20)
+        match = LISTENING.search(line)
+        assert match is not None
+        self.port = int(match.group(1))
+
+    def _pump(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            with self._lock:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._lock.notify_all()
+        with self._lock:
+            self.lines.append("<exited>")
+            self._lock.notify_all()
+
+    def count(self, pattern: "re.Pattern[str]") -> int:
+        with self._lock:
+            return sum(1 for line in self.lines if pattern.search(line))
+
+    def wait_for_line(self, pattern: "re.Pattern[str]", timeout_s: float = 10.0, occurrence: int = 1) -> str:
+        """Block until the ``occurrence``-th log line matching ``pattern`` (run it in an executor)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                found = [line for line in self.lines if pattern.search(line)]
+                if len(found) >= occurrence:
+                    return found[occurrence - 1]
+                if "<exited>" in self.lines:
+                    raise RuntimeError("sentri exited:\n" + "\n".join(self.lines))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no log line {pattern.pattern!r}; got:\n" + "\n".join(self.lines))
+                self._lock.wait(remaining)
+
+    async def wait_for(self, pattern: "re.Pattern[str]", timeout_s: float = 10.0, occurrence: int = 1) -> str:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.wait_for_line, pattern, timeout_s, occurrence)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._pumping.join(10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def instance_env(database_url: str, redis_url: str, data_dir: str, **extra: str) -> Dict[str, str]:
+    env = {
+        "PORT": "0",
+        "SENTRI_HOST": "127.0.0.1",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "JWT_SECRET": JWT_SECRET,
+        "ARTIFACT_SECRET": ARTIFACT_SECRET,
+        "SENTRI_DATA_DIR": data_dir,
+        "SENTRI_DB_WORKERS": "2",
+        "SENTRI_RELAY_RETRY_MAX_S": "0.2",
+        "LOG_LEVEL": "info",
+    }
+    env.update(extra)
+    return env
