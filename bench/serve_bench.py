@@ -198,6 +198,9 @@ def main() -> int:
         return 0
     if os.environ.get("BENCH_SWITCH"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
+    delay_ms = float(os.environ.get("BENCH_DB_DELAY_MS", "0"))
+    if delay_ms > 0:
+        slow_database(context, delay_ms / 1000)
     tune_gc(settings.gc_threshold)  # as `sentri serve` does
     if os.environ.get("BENCH_UVLOOP") == "1":  # measured: no gain here (bench/README.md)
         import uvloop
@@ -205,6 +208,18 @@ def main() -> int:
         uvloop.install()
     asyncio.run(serve(context))
     return 0
+
+
+def slow_database(context: Context, delay_s: float) -> None:
+    """Bench fault: every query waits ``delay_s`` first (on its database thread), like a far or loaded server."""
+    database = context.store.database
+    execute_sql = database.execute_sql
+
+    def delayed(sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(delay_s)
+        return execute_sql(sql, params, *args, **kwargs)
+
+    database.execute_sql = delayed  # type: ignore[method-assign]
 
 
 async def _prepare(context: Context, run_count: int) -> int:

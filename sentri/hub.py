@@ -74,6 +74,7 @@ class Hub:
         self._wheel: List[Set[EventStream]] = [set() for _ in range(WHEEL_SLOTS)]
         self._cursor = 0
         self._ticker: Optional[PeriodicCallback] = None
+        self._turned_at: Optional[float] = None  # when the wheel last turned (monotonic)
         self.bus.attach(self)
 
     # -- timers -----------------------------------------------------------------------------
@@ -87,14 +88,26 @@ class Hub:
         if self._ticker is not None:
             self._ticker.stop()
             self._ticker = None
+            self._turned_at = None
 
     def _tick(self) -> None:
+        # Tornado's PeriodicCallback skips the ticks a busy loop ran too late for (a connect
+        # storm can stall it for a second); a skipped slot would miss its heartbeat for a whole
+        # interval. So turn the wheel by every tick that has elapsed, at most one full turn.
+        now = time.monotonic()
+        tick_s = self.heartbeat_interval_s / WHEEL_SLOTS
+        turned_at = self._turned_at
+        steps = 1 if turned_at is None else min(WHEEL_SLOTS, max(1, int((now - turned_at) / tick_s + 0.5)))
+        self._turned_at = now if turned_at is None or steps == WHEEL_SLOTS else turned_at + steps * tick_s
+        for _ in range(steps):
+            self._turn(now)
+
+    def _turn(self, now: float) -> None:
         self._cursor = (self._cursor + 1) % WHEEL_SLOTS
         due = self._wheel[self._cursor]
         if not due:
             return
         # Each stream is visited once per heartbeat interval: the age check rides along for free.
-        now = time.monotonic()
         beats = 0
         for stream in list(due):
             if stream.expires_at and now >= stream.expires_at:
