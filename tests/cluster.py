@@ -70,7 +70,7 @@ class Nginx:
     def test_config(self) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
         return subprocess.run(self.command("-t"), capture_output=True, text=True)
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         with open(os.path.join(self.log_dir, f"nginx-{self.port}.stderr"), "ab") as stderr:
             self.process = subprocess.Popen(self.command("-g", "daemon off;"), stderr=stderr)
         wait_for_port(self.port, process=self.process)
@@ -99,7 +99,7 @@ class Instance:
         self.stderr_path = os.path.join(log_dir, f"sentri-serve-{self.port}.stderr")
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
-    def start(self) -> "Instance":
+    def start(self) -> Instance:
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve"], env=self.env,
                                             stderr=stderr, stdout=subprocess.DEVNULL)

@@ -259,7 +259,18 @@ class RedisBus(Bus):
             for task in tasks:
                 task.cancel()
             if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # redis-py can swallow a CancelledError inside a command (seen in unsubscribe):
+                # the task then goes on to wait forever and a plain gather would hang shutdown.
+                # A second cancel lands at our own await; the waits are bounded either way.
+                give_up = time.monotonic() + CLOSE_TIMEOUT_S
+                _, pending = await asyncio.wait(tasks, timeout=0.05)
+                while pending and time.monotonic() < give_up:
+                    for task in pending:
+                        task.cancel()
+                    _, pending = await asyncio.wait(pending, timeout=0.05)
+                for task in tasks:
+                    if task.done() and not task.cancelled():
+                        task.exception()  # retrieved: the session's error was already raised above
             await self._close_quietly(pubsub.aclose(), subscriber.aclose(), publisher.aclose())  # type: ignore[no-untyped-call]
 
     @staticmethod
