@@ -1,0 +1,164 @@
+"""Redis faults never take an instance down: killed and restarted mid-stream, down at start,
+and answering nothing for a while. Local delivery and heartbeats go on throughout, and the
+relay comes back by itself with every subscription it needs."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from sentri.publish import RunEventPublisher
+
+from .redis_server import SentriProcess, instance_env, redis_not_started, redis_server  # noqa: F401 (fixtures)
+from .services import wait_until
+from .sseclient import open_request
+from .test_relay import CHANNEL, RELAY_CONNECTED, without_id
+
+FAST = {"relay_retry_max_s": 0.2, "retry_ms": 0, "heartbeat_interval_s": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def close_revocations(context, io_loop):
+    yield
+    io_loop.run_sync(context.revocations.close)
+
+
+async def open_live(port, world):
+    response = await open_request(port, world.events_path())
+    assert response.status == 200
+    assert (await response.next_event())["type"] == "snapshot"
+    return response
+
+
+def worker_emit(redis_url, message):
+    publisher = RunEventPublisher(redis_url, origin="worker_test")
+    try:
+        return publisher.emit("RUN-1", "log", {"message": message})
+    finally:
+        publisher.close()
+
+
+async def next_event_frame(response):
+    """The next non-heartbeat frame (heartbeats come every 0.2 s here)."""
+    while True:
+        frame = await response.next_frame()
+        if not frame.startswith(b":"):
+            return without_id(frame)
+
+
+class TestRestart:
+    @pytest.fixture
+    def settings(self, settings, redis_server):  # noqa: F811
+        return settings.replace(redis_url=redis_server.url, **FAST)
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_redis_killed_and_restarted_mid_stream_then_events_flow_again_without_clients_reconnecting(
+            self, port, context, world, redis_server, tmp_path, expect_log):  # noqa: F811
+        expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+        instance_b = SentriProcess(instance_env(context.settings.database_url, redis_server.url, str(tmp_path),
+                                                SENTRI_RETRY_MS="0", SENTRI_HEARTBEAT_INTERVAL_S="0.2"))
+        try:
+            instance_b.wait_for_line(RELAY_CONNECTED)
+            assert await context.bus.wait_connected(5.0)
+            on_a = await open_live(port, world)
+            on_b = await open_live(instance_b.port, world)
+
+            redis_server.stop()  # SIGKILL
+            await wait_until(lambda: not context.bus.connected, what="A sees the outage")
+            context.hub.emit("RUN-1", "log", {"message": "during the outage"})
+            assert await next_event_frame(on_a) == b'data: {"type":"log","message":"during the outage"}\n\n'
+            assert await on_a.next_frame() == b": heartbeat\n\n"  # heartbeats go on
+            assert await on_b.next_frame() == b": heartbeat\n\n"
+
+            redis_server.start()  # same port
+            assert await context.bus.wait_connected(10.0)
+            await instance_b.wait_for(RELAY_CONNECTED, occurrence=2)
+            await wait_until(lambda: redis_server.subscribers(CHANNEL) == 2, what="both resubscribed")
+
+            context.hub.emit("RUN-1", "log", {"message": "from A after the restart"})
+            assert await next_event_frame(on_b) == b'data: {"type":"log","message":"from A after the restart"}\n\n'
+            assert worker_emit(redis_server.url, "from a worker") == 2
+            for response in (on_a, on_b):
+                if response is on_a:
+                    assert await next_event_frame(on_a) == (
+                        b'data: {"type":"log","message":"from A after the restart"}\n\n')
+                assert await next_event_frame(response) == b'data: {"type":"log","message":"from a worker"}\n\n'
+            # One line per state change, not one per retry or per event.
+            assert instance_b.count(re.compile(r"relay lost redis")) == 1
+            assert instance_b.count(re.compile(r"relay connected")) == 2
+            assert context.bus.dropped >= 1  # the event emitted during the outage was not relayed
+        finally:
+            instance_b.stop()
+
+
+class TestDownAtStart:
+    @pytest.fixture
+    def settings(self, settings, redis_not_started):  # noqa: F811
+        return settings.replace(redis_url=redis_not_started.url, **FAST)
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_redis_down_at_start_then_started_restores_subscriptions_of_listeners_that_came_meanwhile(
+            self, port, context, world, redis_not_started, tmp_path, expect_log):  # noqa: F811
+        expect_log("sentri.relay", r"relay cannot reach redis")
+        expect_log("sentri.revocation", r"revocation check unavailable \(ConnectionError\)")  # accepted, not refused
+        redis_server = redis_not_started
+        instance_b = SentriProcess(instance_env(context.settings.database_url, redis_server.url, str(tmp_path),
+                                                SENTRI_RETRY_MS="0", SENTRI_HEARTBEAT_INTERVAL_S="0.2"))
+        try:
+            await instance_b.wait_for(re.compile(r"relay cannot reach redis"))
+            assert not context.bus.connected
+            started = time.monotonic()
+            on_a = await open_live(port, world)  # not held up by the missing Redis
+            on_b = await open_live(instance_b.port, world)
+            assert time.monotonic() - started < 2.0
+            context.hub.emit("RUN-1", "log", {"message": "local while down"})
+            assert await next_event_frame(on_a) == b'data: {"type":"log","message":"local while down"}\n\n'
+
+            redis_server.start()
+            assert await context.bus.wait_connected(10.0)
+            await instance_b.wait_for(RELAY_CONNECTED)
+            await wait_until(lambda: redis_server.subscribers(CHANNEL) == 2, what="both subscribed")
+            assert worker_emit(redis_server.url, "after redis came up") == 2
+            for response in (on_a, on_b):
+                assert await next_event_frame(response) == b'data: {"type":"log","message":"after redis came up"}\n\n'
+            assert instance_b.count(re.compile(r"relay cannot reach redis")) == 1
+        finally:
+            instance_b.stop()
+
+
+class TestUnresponsive:
+    @pytest.fixture
+    def settings(self, settings, redis_server):  # noqa: F811
+        return settings.replace(redis_url=redis_server.url, relay_ping_interval_s=0.2,
+                                relay_subscribe_timeout_s=0.3, **FAST)
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_a_redis_that_stops_answering_stalls_neither_delivery_nor_heartbeats_nor_new_streams(
+            self, port, context, world, redis_server, expect_log):  # noqa: F811
+        expect_log("sentri.relay", r"relay lost redis .*RelayTimeoutError")
+        expect_log("sentri.revocation", r"revocation check unavailable \(TimeoutError\)")
+        assert await context.bus.wait_connected(5.0)
+        on_a = await open_live(port, world)
+        redis_server.pause()  # SIGSTOP: connections stay open, nothing answers
+        try:
+            started = time.monotonic()
+            for number in range(200):
+                context.hub.emit("RUN-1", "log", {"message": f"event {number}"})
+            assert time.monotonic() - started < 0.5  # emitting never waits for Redis
+            for number in range(200):
+                expected = b'data: {"type":"log","message":"event %d"}\n\n' % number
+                assert await next_event_frame(on_a) == expected
+            assert await on_a.next_frame(timeout=1.0) == b": heartbeat\n\n"
+            started = time.monotonic()
+            late = await open_live(port, world)  # the subscription wait is bounded
+            assert time.monotonic() - started < 2.0
+            await wait_until(lambda: not context.bus.connected, what="the watchdog gives up on redis")
+        finally:
+            redis_server.resume()
+        assert await context.bus.wait_connected(15.0)
+        await wait_until(lambda: redis_server.subscribers(CHANNEL) == 1, what="resubscribed")
+        assert worker_emit(redis_server.url, "after the stall") == 1
+        for response in (on_a, late):
+            assert await next_event_frame(response) == b'data: {"type":"log","message":"after the stall"}\n\n'
