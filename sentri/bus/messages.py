@@ -92,4 +92,6 @@ def _without_origin_tail(message: bytes, origin: Any) -> Optional[bytes]:
     # ``data:`` line and let a producer inject frames of its own (CWE-93).
     if tail_value != origin or b"\n" in kept or b"\r" in kept or kept.count(b'"' + ORIGIN_KEY.encode() + b'"'):
         return None
+    if b"\\u" in kept:  # JSON.stringify writes UTF-8 text, not \u escapes: re-encode as it would
+        return None
     return kept
