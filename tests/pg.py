@@ -62,3 +62,24 @@ def execute(url: str, script: str) -> None:
             cursor.execute(script)
     finally:
         connection.close()
+
+
+def server_url() -> str:
+    """The PostgreSQL server tests that need PostgreSQL use, whatever the env's backend."""
+    return (
+        os.environ.get("SENTRI_TEST_POSTGRES_SERVER")
+        or os.environ.get("SENTRI_TEST_DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+
+
+def connection_count(server: str, database_url: str) -> int:
+    """Connections the server has open to the database ``database_url`` names."""
+    name = urlsplit(database_url).path.lstrip("/")
+    connection = _connect(server)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,))
+            return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
