@@ -147,7 +147,8 @@ async def test_done_from_a_node_instance_ends_local_streams_and_unsubscribes(por
     response = await open_live(port, world)
     redis_server.publish(CHANNEL, b'{"type":"done","status":"failed","passed":1,"failed":2,"total":3,'
                                   b'"_origin":"inst_1767225600000_k3x9qa"}')
-    assert without_id(await response.next_frame()) == b'data: {"type":"done","status":"failed","passed":1,"failed":2,"total":3}\n\n'
+    assert without_id(await response.next_frame()) == (
+        b'data: {"type":"done","status":"failed","passed":1,"failed":2,"total":3}\n\n')
     assert await response.server_closed()
     await watch.until(lambda: watch.closed and watch.closed[0].close_reason == CloseReason.DONE)
     assert context.hub.runs == {}

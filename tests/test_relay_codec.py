@@ -20,15 +20,18 @@ def test_the_origin_is_spliced_in_as_the_last_key_without_re_encoding_the_event(
     ("message", "expected"),
     [
         # Node's JSON.stringify output: the tail is cut, the rest passes byte for byte.
-        (b'{"type":"log","n":1e-7,"f":1.0e+21,"_origin":"inst_1_x"}', Relayed("log", b'{"type":"log","n":1e-7,"f":1.0e+21}')),
-        (b'{"type":"done","status":"completed","_origin":"w"}', Relayed("done", b'{"type":"done","status":"completed"}')),
+        (b'{"type":"log","n":1e-7,"f":1.0e+21,"_origin":"inst_1_x"}',
+         Relayed("log", b'{"type":"log","n":1e-7,"f":1.0e+21}')),
+        (b'{"type":"done","status":"completed","_origin":"w"}',
+         Relayed("done", b'{"type":"done","status":"completed"}')),
         # No origin, or not last: re-encoded compactly, key order kept.
         (b'{"type": "log", "message": "a"}', Relayed("log", b'{"type":"log","message":"a"}')),
         (b'{"_origin":"w","type":"log","x":[1, 2]}', Relayed("log", b'{"type":"log","x":[1,2]}')),
         # A raw line break never passes through (it would end the data: line).
         (b'{"type":"log",\n"message":"a","_origin":"w"}', Relayed("log", b'{"type":"log","message":"a"}')),
         # JSON.stringify writes UTF-8, not \u escapes; Node re-stringifies, so do we.
-        (b'{"type":"log","message":"\\u00e9\\n","_origin":"w"}', Relayed("log", '{"type":"log","message":"é\\n"}'.encode())),
+        (b'{"type":"log","message":"\\u00e9\\n","_origin":"w"}',
+         Relayed("log", '{"type":"log","message":"é\\n"}'.encode())),
     ],
 )
 def test_messages_from_other_processes_are_delivered_without_their_origin(message, expected):

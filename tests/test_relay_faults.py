@@ -103,7 +103,7 @@ class TestDownAtStart:
             self, port, context, world, redis_not_started, tmp_path, expect_log):  # noqa: F811
         expect_log("sentri.relay", r"relay cannot reach redis")
         expect_log("sentri.revocation", r"revocation check unavailable \(ConnectionError\)")  # accepted, not refused
-        redis_server = redis_not_started
+        redis_server = redis_not_started  # noqa: F811 - the same kind of server, started later
         instance_b = SentriProcess(instance_env(context.settings.database_url, redis_server.url, str(tmp_path),
                                                 SENTRI_RETRY_MS="0", SENTRI_HEARTBEAT_INTERVAL_S="0.2"))
         try:

@@ -1,0 +1,108 @@
+"""Producers outside the server: ``sentri.publish`` and ``sentri emit`` write the SPEC 1.6
+message that every instance relays, with only ``REDIS_URL`` to go on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sentri import publish
+from sentri.publish import RunEventPublisher
+
+from .redis_server import redis_server  # noqa: F401 (fixture)
+from .sseclient import open_request
+from .test_relay import without_id
+
+
+def run_cli(*args, redis_url=None):
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    return subprocess.run([sys.executable, "-m", "sentri.cli", "emit", *args], env=env, capture_output=True,
+                          timeout=30, check=False)
+
+
+def test_a_worker_publishes_the_node_message_format_with_its_own_origin(redis_server):  # noqa: F811
+    subscriber = redis_server.client().pubsub()
+    subscriber.subscribe("sentri:run:RUN-9")
+    assert subscriber.get_message(timeout=5)["type"] == "subscribe"
+    publisher = RunEventPublisher(redis_server.url, origin="worker_7")
+    assert publisher.emit("RUN-9", "result", {"result": {"id": "TC-1", "name": "Übersicht"}, "_origin": "x"}) == 1
+    publisher.close()
+    message = subscriber.get_message(timeout=5)
+    assert message["channel"] == b"sentri:run:RUN-9"
+    assert message["data"] == '{"type":"result","result":{"id":"TC-1","name":"Übersicht"},"_origin":"worker_7"}'.encode()
+    subscriber.close()
+
+
+def test_emit_uses_redis_url_from_the_environment_and_a_unique_worker_origin(redis_server, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setattr(publish, "_default", None)
+    subscriber = redis_server.client().pubsub()
+    subscriber.subscribe("sentri:run:RUN-9")
+    subscriber.get_message(timeout=5)
+    assert publish.emit("RUN-9", "log", {"message": "hi"}) == 1
+    data = subscriber.get_message(timeout=5)["data"]
+    assert data.startswith(b'{"type":"log","message":"hi","_origin":"worker_')
+    publish._default.close()
+    subscriber.close()
+
+
+def test_the_command_line_publishes_an_event_and_says_how_many_instances_listen(redis_server):  # noqa: F811
+    subscriber = redis_server.client().pubsub()
+    subscriber.subscribe("sentri:run:RUN-9")
+    subscriber.get_message(timeout=5)
+    result = run_cli("RUN-9", "done", '{"status":"completed","passed":2}', redis_url=redis_server.url)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, b"published done on run RUN-9; 1 instance(s) listening\n", b"")
+    data = subscriber.get_message(timeout=5)["data"]
+    assert data.startswith(b'{"type":"done","status":"completed","passed":2,"_origin":"worker_')
+    subscriber.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("RUN-9", "log", "{not json"), b"sentri: JSON: the payload is not valid JSON\n"),
+        (("RUN-9", "log", "[1]"), b"sentri: JSON: the payload must be a JSON object\n"),
+        (("RUN-9", "Log\n", "{}"), b"sentri: TYPE must be a short lowercase word (a-z, 0-9, _; at most 32 characters)\n"),
+    ],
+)
+def test_the_command_line_refuses_bad_input_in_one_line_with_status_2(redis_server, args, message):  # noqa: F811
+    result = run_cli(*args, redis_url=redis_server.url)
+    assert (result.returncode, result.stdout, result.stderr) == (2, b"", message)
+
+
+def test_the_command_line_needs_redis_url():
+    result = run_cli("RUN-9", "log", "{}")
+    assert (result.returncode, result.stderr) == (2, b"sentri: REDIS_URL is not set: there is no relay to publish to\n")
+
+
+def test_the_command_line_reports_an_unreachable_redis_in_one_line_without_the_password(redis_server):  # noqa: F811
+    url = f"redis://:s3cret-pw@127.0.0.1:{redis_server.port}/0"
+    redis_server.stop()
+    result = run_cli("RUN-9", "log", "{}", redis_url=url)
+    assert (result.returncode, result.stdout, result.stderr) == (1, b"", b"sentri: cannot publish to redis (ConnectionError)\n")
+
+
+class TestIntoAServer:
+    @pytest.fixture
+    def settings(self, settings, redis_server):  # noqa: F811
+        return settings.replace(redis_url=redis_server.url, retry_ms=0)
+
+    @pytest.fixture(autouse=True)
+    def close_revocations(self, context, io_loop):
+        yield
+        io_loop.run_sync(context.revocations.close)
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_an_event_from_a_worker_reaches_a_client_of_the_server(self, port, context, world, redis_server):  # noqa: F811
+        response = await open_request(port, world.events_path())
+        assert (await response.next_event())["type"] == "snapshot"
+        publisher = RunEventPublisher(redis_server.url)
+        assert publisher.emit("RUN-1", "llm_token", {"token": "Hel"}) == 1
+        publisher.close()
+        assert without_id(await response.next_frame()) == b'data: {"type":"llm_token","token":"Hel"}\n\n'

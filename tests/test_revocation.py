@@ -1,0 +1,96 @@
+"""Token revocation through Redis (SPEC 1.4): a revoked jti is refused at connect, and its
+open streams are closed within a second of the notice on ``sentri:token:revoked``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+
+from sentri.stream import CloseReason
+
+from .conftest import JWT_SECRET, token_for
+from .hubwatch import HubWatch
+from .redis_server import redis_server  # noqa: F401 (fixture)
+from .sseclient import open_request
+from .test_relay import without_id
+
+
+def jti_of(token):
+    return jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["jti"]
+
+
+def revoke(redis_server, token):  # noqa: F811
+    """What the Node backend does on logout: the key (with a TTL), then the notice."""
+    claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    client = redis_server.client()
+    client.set(f"sentri:revoked:{claims['jti']}", "1", ex=3600)
+    client.publish("sentri:token:revoked", json.dumps({"jti": claims["jti"], "exp": claims["exp"]}))
+    client.close()
+
+
+@pytest.fixture
+def settings(settings, redis_server):  # noqa: F811
+    return settings.replace(redis_url=redis_server.url, retry_ms=0)
+
+
+@pytest.fixture(autouse=True)
+def close_revocations(context, io_loop):
+    yield
+    io_loop.run_sync(context.revocations.close)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_revocation_closes_every_open_stream_of_that_token_within_a_second_and_only_those(
+        port, context, world, redis_server):  # noqa: F811
+    assert await context.bus.wait_connected(5.0)
+    watch = HubWatch(context.hub)
+    revoked = [await open_request(port, world.events_path()) for _ in range(2)]
+    other_token = token_for(world.user, "WS-1")
+    kept = await open_request(port, world.events_path(token=other_token))
+    for response in (*revoked, kept):
+        assert (await response.next_event())["type"] == "snapshot"
+
+    started = time.monotonic()
+    revoke(redis_server, world.token)
+    for response in revoked:
+        assert await response.server_closed(timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    await watch.until(lambda: len(watch.closed) == 2)
+    assert {stream.close_reason for stream in watch.closed} == {CloseReason.REVOKED}
+
+    context.hub.emit("RUN-1", "log", {"message": "still here"})
+    assert without_id(await kept.next_frame()) == b'data: {"type":"log","message":"still here"}\n\n'
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_revoked_token_is_refused_at_connect(port, context, world, redis_server):  # noqa: F811
+    revoke(redis_server, world.token)
+    response = await open_request(port, world.events_path())
+    assert response.status == 401
+    assert await response.read_json() == {"error": "Authentication required."}
+    assert context.hub.runs == {}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_revocation_key_set_without_a_notice_is_still_refused(port, context, world, redis_server):  # noqa: F811
+    client = redis_server.client()
+    client.set(f"sentri:revoked:{jti_of(world.token)}", "1", ex=60)
+    client.close()
+    response = await open_request(port, world.events_path())
+    assert response.status == 401
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_with_redis_down_tokens_are_accepted_and_the_outage_is_logged_once(
+        port, context, world, redis_server, expect_log):  # noqa: F811
+    expect_log("sentri.relay", r"relay (lost|cannot reach) redis")
+    with expect_log("sentri.revocation", r"revocation check unavailable") as unavailable:
+        redis_server.stop()
+        for _ in range(3):
+            response = await open_request(port, world.events_path())
+            assert response.status == 200
+            assert (await response.next_event())["type"] == "snapshot"
+    assert unavailable.matched == 1
