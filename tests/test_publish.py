@@ -34,7 +34,8 @@ def test_a_worker_publishes_the_node_message_format_with_its_own_origin(redis_se
     publisher.close()
     message = subscriber.get_message(timeout=5)
     assert message["channel"] == b"sentri:run:RUN-9"
-    assert message["data"] == '{"type":"result","result":{"id":"TC-1","name":"Übersicht"},"_origin":"worker_7"}'.encode()
+    expected = '{"type":"result","result":{"id":"TC-1","name":"Übersicht"},"_origin":"worker_7"}'
+    assert message["data"] == expected.encode()
     subscriber.close()
 
 
@@ -68,7 +69,8 @@ def test_the_command_line_publishes_an_event_and_says_how_many_instances_listen(
     [
         (("RUN-9", "log", "{not json"), b"sentri: JSON: the payload is not valid JSON\n"),
         (("RUN-9", "log", "[1]"), b"sentri: JSON: the payload must be a JSON object\n"),
-        (("RUN-9", "Log\n", "{}"), b"sentri: TYPE must be a short lowercase word (a-z, 0-9, _; at most 32 characters)\n"),
+        (("RUN-9", "Log\n", "{}"),
+         b"sentri: TYPE must be a short lowercase word (a-z, 0-9, _; at most 32 characters)\n"),
     ],
 )
 def test_the_command_line_refuses_bad_input_in_one_line_with_status_2(redis_server, args, message):  # noqa: F811
@@ -85,7 +87,8 @@ def test_the_command_line_reports_an_unreachable_redis_in_one_line_without_the_p
     url = f"redis://:s3cret-pw@127.0.0.1:{redis_server.port}/0"
     redis_server.stop()
     result = run_cli("RUN-9", "log", "{}", redis_url=url)
-    assert (result.returncode, result.stdout, result.stderr) == (1, b"", b"sentri: cannot publish to redis (ConnectionError)\n")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, b"", b"sentri: cannot publish to redis (ConnectionError)\n")
 
 
 class TestIntoAServer:
