@@ -77,7 +77,10 @@ def assert_one_line_failure(result, pattern):
         ("sqlite:////no/such/folder/x.db", r"DATABASE_URL: folder /no/such/folder does not exist"),
         ("postgres://", r"DATABASE_URL: a PostgreSQL URL is postgres://user:password@host:port/database"),
         ("postgres://postgres@127.0.0.1:1/test",
-         r"DATABASE_URL: cannot open the database \(OperationalError: connection to server at .+ failed: .+\)"),
+         # libpq 14+ says "connection to server at ... failed: ..."; older libpq (psycopg2-binary
+         # 2.9.0, the oldest env) "could not connect to server: ...".
+         r"DATABASE_URL: cannot open the database \(OperationalError: "
+         r"(connection to server at .+ failed|could not connect to server): .+\)"),
         ("postgres://h:notaport/db", r"DATABASE_URL: the port is not a number"),
     ],
 )
