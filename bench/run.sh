@@ -16,4 +16,4 @@ out=${SENTRI_BENCH_OUT:-$here/results}
 mkdir -p "$out"
 cd "$harness"
 python3 bench.py --token "$token" --json "$out/bench-$stamp.json" --markdown "$out/bench-$stamp.md" "$@"
-"$SENTRI_PYTHON" "$here/report.py" "$out/bench-$stamp.json"
+"$SENTRI_PYTHON" "$here/report.py" "$out/bench-$stamp.json" --out "$out/report-$stamp"
