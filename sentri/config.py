@@ -78,10 +78,14 @@ SETTINGS: Tuple[Setting, ...] = (
         secret=True,
     ),
     Setting("ARTIFACT_TOKEN_TTL_MS", int, 3_600_000, "Lifetime of a signed artifact URL, in milliseconds.", minimum=1),
-    Setting("CORS_ORIGIN", _parse_list, (), "Comma-separated browser origins allowed to open streams with credentials."),
+    Setting(
+        "CORS_ORIGIN", _parse_list, (), "Comma-separated browser origins allowed to open streams with credentials."
+    ),
     Setting("LOG_JSON", _parse_bool, False, "Write logs as one JSON object per line."),
     Setting("LOG_LEVEL", str, "info", "Log level: debug, info, warn, error."),
-    Setting("SSE_MAX_LISTENERS_PER_RUN", int, 50, "Open streams allowed per run on one instance; beyond: 503.", minimum=1),
+    Setting(
+        "SSE_MAX_LISTENERS_PER_RUN", int, 50, "Open streams allowed per run on one instance; beyond: 503.", minimum=1
+    ),
     Setting(
         "SSE_MAX_WRITABLE_BYTES",
         int,
@@ -90,7 +94,13 @@ SETTINGS: Tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting("SENTRI_HEARTBEAT_INTERVAL_S", float, 5.0, "Seconds between ': heartbeat' comments.", minimum=0.001),
-    Setting("SENTRI_DB_WORKERS", int, 4, "Threads (each with its own pooled connection) running database lookups.", minimum=1),
+    Setting(
+        "SENTRI_DB_WORKERS",
+        int,
+        4,
+        "Threads (each with its own pooled connection) running database lookups.",
+        minimum=1,
+    ),
     Setting("SENTRI_INSTANCE_ID", str, "", "Unique id of this process on the relay; unset: generated at start."),
     Setting(
         "SENTRI_GC_THRESHOLD",
@@ -125,7 +135,8 @@ SETTINGS: Tuple[Setting, ...] = (
         "SENTRI_MAX_STREAM_AGE_S",
         float,
         3600.0,
-        "Seconds after which a stream is ended so its client reconnects and resumes (jittered by up to 10%); 0: unlimited.",
+        "Seconds after which a stream is ended so its client reconnects and resumes (jittered by up to 10%); "
+        "0: unlimited.",
         minimum=0,
     ),
     Setting(
@@ -169,7 +180,7 @@ class Settings:
         for setting in SETTINGS:
             setattr(self, setting.attribute, values.get(setting.attribute, setting.default))
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         values = {setting.attribute: getattr(self, setting.attribute) for setting in SETTINGS}
         unknown = set(changes) - set(values)
         if unknown:

@@ -21,9 +21,8 @@ LOG_LEVELS = ("info", "warn", "error")
 def iso_now(now: Optional[datetime.datetime] = None) -> str:
     """``new Date().toISOString()``: UTC, milliseconds, ``Z``."""
     moment = now or datetime.datetime.now(datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (
-        moment.microsecond // 1000
-    )
+    utc = moment.astimezone(datetime.timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def log_message(text: str, now: Optional[datetime.datetime] = None) -> str:
