@@ -4,7 +4,6 @@ and ``sentri serve`` as a separate process (another instance on the same Redis a
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -36,7 +35,7 @@ class RelayRedis(RedisServer):
             self.process.send_signal(signal.SIGCONT)  # a paused server cannot die
         super().stop()
 
-    def client(self) -> "redis.Redis[bytes]":
+    def client(self) -> redis.Redis[bytes]:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def channels(self) -> List[bytes]:
@@ -94,7 +93,6 @@ class SentriProcess:
             stderr=subprocess.PIPE,
         )
         self.lines: List[str] = []
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
         self._lock = threading.Condition()
         self._pumping = threading.Thread(target=self._pump, daemon=True)
         self._pumping.start()
@@ -113,11 +111,11 @@ class SentriProcess:
             self.lines.append("<exited>")
             self._lock.notify_all()
 
-    def count(self, pattern: "re.Pattern[str]") -> int:
+    def count(self, pattern: re.Pattern[str]) -> int:
         with self._lock:
             return sum(1 for line in self.lines if pattern.search(line))
 
-    def wait_for_line(self, pattern: "re.Pattern[str]", timeout_s: float = 10.0, occurrence: int = 1) -> str:
+    def wait_for_line(self, pattern: re.Pattern[str], timeout_s: float = 10.0, occurrence: int = 1) -> str:
         """Block until the ``occurrence``-th log line matching ``pattern`` (run it in an executor)."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
@@ -132,7 +130,7 @@ class SentriProcess:
                     raise TimeoutError(f"no log line {pattern.pattern!r}; got:\n" + "\n".join(self.lines))
                 self._lock.wait(remaining)
 
-    async def wait_for(self, pattern: "re.Pattern[str]", timeout_s: float = 10.0, occurrence: int = 1) -> str:
+    async def wait_for(self, pattern: re.Pattern[str], timeout_s: float = 10.0, occurrence: int = 1) -> str:
         import asyncio
 
         loop = asyncio.get_running_loop()

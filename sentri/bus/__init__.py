@@ -19,7 +19,7 @@ class Bus:
     #: listeners are dropped before they are even encoded.
     relays = False
 
-    def attach(self, hub: "Hub") -> None:
+    def attach(self, hub: Hub) -> None:
         """Called once by the hub that receives this bus's messages."""
 
     def subscribe(self, run_id: str) -> None:
