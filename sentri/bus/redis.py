@@ -194,9 +194,16 @@ class RedisBus(Bus):
         self._closing = True
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
+            # Cancel until it takes: redis-py can swallow a CancelledError mid-command (connect,
+            # subscribe), and an unbounded ``await supervisor`` then hangs shutdown for good.
+            give_up = time.monotonic() + CLOSE_TIMEOUT_S
             supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+            await asyncio.wait([supervisor], timeout=0.05)
+            while not supervisor.done() and time.monotonic() < give_up:
+                supervisor.cancel()
+                await asyncio.wait([supervisor], timeout=0.05)
+            if supervisor.done() and not supervisor.cancelled():
+                supervisor.exception()  # retrieved, so asyncio does not report it at exit
         self._set_disconnected()
 
     # -- the reconnect loop -------------------------------------------------------------------
