@@ -109,6 +109,8 @@ class StreamResponse:
             if skip_heartbeats and frame.startswith(b":"):
                 continue
             data = [line[len(b"data: "):] for line in frame.split(b"\n") if line.startswith(b"data: ")]
+            if not data and frame.startswith(b"retry: "):
+                continue  # a reconnection-delay hint, not an event
             assert len(data) == 1, f"expected one data line in {frame!r}"
             return json.loads(data[0])
 
