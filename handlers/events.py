@@ -31,6 +31,9 @@ TOO_MANY_LISTENERS = {"error": "too many SSE listeners on this run", "retryAfter
 DATABASE_UNAVAILABLE = {"error": "database unavailable"}
 ORIGIN_NOT_ALLOWED = {"error": "origin not allowed"}
 SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
+# The pending stream was closed while the run was read (too many events held meanwhile): its
+# socket is never attached; the client reconnects (and resumes) after the hint.
+STREAM_CLOSED = {"error": "stream closed before it opened", "retryAfter": 1}
 
 # Run ids are short printable words (RUN-12). Anything else (control characters, NUL,
 # kilobytes of text) cannot name a run, so it is "not found" without touching the database.
@@ -113,6 +116,9 @@ class RunEventsHandler(LenientDecoding):
             raise ApiError(503, SHUTTING_DOWN)
         if stream is not None and stream.close_reason == CloseReason.REVOKED:  # revoked while it was read
             raise ApiError(401, AUTH_REQUIRED)
+        if stream is not None and stream.closed:  # closed while pending for another reason
+            self.set_header("Retry-After", "1")
+            raise ApiError(503, STREAM_CLOSED)
         if plan.client_has_done:  # it has the run's done: 204 ends the browser's reconnect loop
             if stream is not None:
                 stream.close(CloseReason.DONE)
@@ -130,7 +136,7 @@ class RunEventsHandler(LenientDecoding):
         stream.attach_socket(sock, chunked)
         head = self._head(lookup, chunked, plan)
         if lookup.is_running and not plan.replay_ends_run:
-            hub.open(stream, head, plan.replayed_through)
+            hub.open(stream, head, plan.replayed_through, plan.known_through)
         else:
             hub.finish(stream, head)
 

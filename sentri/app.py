@@ -18,7 +18,7 @@ from handlers.publish import default_handlers as publish_handlers
 from .bus import Bus
 from .config import Settings, SettingsError
 from .context import Context
-from .history import history_for
+from .history import History, history_for
 from .hub import Hub
 from .logs import log_request
 from .metrics import Metrics
@@ -46,7 +46,19 @@ def make_bus(settings: Settings, instance_id: str) -> Bus:
         retry_max_s=settings.relay_retry_max_s,
         ping_interval_s=settings.relay_ping_interval_s,
         max_pending_bytes=settings.relay_max_pending_bytes,
+        history_max_events=settings.history_max_events,
+        history_done_ttl_s=settings.history_done_ttl_s,
+        history_idle_ttl_s=settings.history_idle_ttl_s,
     )
+
+
+def make_history(settings: Settings, bus: Bus) -> History:
+    """With Redis relaying (and assigning ids), the run streams; else the in-process ring."""
+    if bus.assigns_ids and settings.redis_url:
+        from .redis_history import RedisHistory
+
+        return RedisHistory(settings.redis_url)
+    return history_for(settings)
 
 
 def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
@@ -74,7 +86,7 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
         bus=bus,
         observer=ObserverFanOut([metrics, StreamLogObserver()]),
         max_stream_age_s=settings.max_stream_age_s,
-        history=history_for(settings),
+        history=make_history(settings, bus),
     )
     return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id, metrics=metrics,
                    publisher=Publisher(store, hub), revocations=make_revocations(settings, bus))
@@ -105,5 +117,6 @@ async def start(context: Context) -> None:
 async def stop(context: Context) -> None:
     context.hub.stop()
     await context.bus.close()
+    await context.hub.history.close()
     await context.revocations.close()
     context.store.close()

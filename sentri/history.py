@@ -65,6 +65,8 @@ class History:
 
     #: True when ``append_now`` assigns ids synchronously in this process.
     assigns_here = False
+    #: Set while reads fail (Redis away), so the outage is logged once (``sentri.resume``).
+    unavailable = False
 
     def append_now(self, run_id: str, data: bytes, ends_stream: bool) -> Optional[str]:
         """Record an event and return its id at once; None when this history cannot."""
@@ -82,6 +84,9 @@ class History:
         """The run's events after ``event_id``; None when that id is not in the run's history
         (unknown, malformed, trimmed away, another run's): the client needs a snapshot."""
         return None
+
+    async def close(self) -> None:
+        """Release connections (the Redis history has some)."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from tornado.ioloop import PeriodicCallback
 
@@ -143,17 +143,23 @@ class Hub:
         streams.add(stream)
         return stream
 
-    def open(self, stream: EventStream, head: bytes, replayed_through: Optional[str] = None) -> None:
+    def open(self, stream: EventStream, head: bytes, replayed_through: Optional[str] = None,
+             snapshot_id: Optional[str] = None) -> None:
         """Go live: write the response head and snapshot, then what arrived meanwhile, in order.
 
         ``replayed_through``: the id of the last event ``head`` replayed from history; held
         frames up to it were in the replay and are dropped, so none is sent twice.
+        ``snapshot_id``: the id the snapshot in ``head`` carries; frames relayed after the
+        held ones with an id up to it are not sent (with Redis, history can be ahead of pub/sub).
         """
         stream.write(head)
         held = stream.release_held()
         replayed = id_key(replayed_through)
         if replayed is not None:
-            held = [frame for frame in held if frame.event_id is None or (id_key(frame.event_id) or (0, 0)) > replayed]
+            held = [frame for frame in held if frame.key is None or frame.key > replayed]
+            # Frames relayed later may still be older than the replay's end (history can be
+            # ahead of pub/sub on another instance): the stream drops those too.
+            stream.last_key, stream.last_event_id = replayed, replayed_through
         if stream.closed:
             return
         self._wheel[self._cursor].add(stream)
@@ -164,6 +170,9 @@ class Hub:
         self.observer.stream_opened(stream)
         for frame in held:
             stream.send(frame)
+        snapshot_key = id_key(snapshot_id)
+        if snapshot_key is not None and (stream.last_key is None or snapshot_key > stream.last_key):
+            stream.last_key, stream.last_event_id = snapshot_key, snapshot_id
 
     def finish(self, stream: EventStream, head: bytes) -> None:
         """Serve a finished run: the head, snapshot and ``done`` already in ``head``; then end."""
@@ -196,25 +205,45 @@ class Hub:
         """Deliver an event to this process's listeners, then relay it (the seed's emitRunEvent).
 
         The history gives the event its id first (kept even with nobody listening: a client
-        that dropped a moment ago resumes from it); returns that id.
+        that dropped a moment ago resumes from it); returns that id. With Redis the id comes
+        from Redis a moment later (``publish`` waits for it) and this returns None.
         """
+        event = self._encode(run_id, event_type, payload)
+        if event is None:
+            return None
+        if self._redis_assigns_ids():
+            self.bus.publish_event(run_id, *event)  # a future nobody needs to wait for
+            return None
+        return self._emit_here(run_id, *event)
+
+    async def publish(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """``emit`` for publishers that can wait (sentri.publishing); returns the event's id."""
+        event = self._encode(run_id, event_type, payload)
+        if event is None:
+            return None
+        if self._redis_assigns_ids():
+            return await self.bus.publish_event(run_id, *event)
+        return self._emit_here(run_id, *event)
+
+    def _redis_assigns_ids(self) -> bool:
+        return self.bus.assigns_ids and not self.history.assigns_here
+
+    def _encode(self, run_id: str, event_type: str,
+                payload: Optional[Mapping[str, Any]]) -> Optional[Tuple[bytes, bool]]:
         if run_id not in self.runs and not self.bus.relays and not self.history.assigns_here:
             return None  # nobody here, nobody to relay to, nothing to keep: an event nobody sees costs nothing
         event: Dict[str, Any] = {"type": event_type}
         if payload:
             event.update(payload)
             event.pop("_origin", None)
-        data = sse.to_utf8(sse.dumps_js(event))
         self.observer.event_emitted(run_id)
-        ends_stream = event_type == DONE
+        return sse.to_utf8(sse.dumps_js(event)), event_type == DONE
+
+    def _emit_here(self, run_id: str, data: bytes, ends_stream: bool) -> Optional[str]:
         event_id = self.history.append_now(run_id, data, ends_stream)
         self.deliver(run_id, Frame(sse.data_frame(data, event_id), ends_stream=ends_stream, event_id=event_id))
         self.bus.publish(run_id, data)
         return event_id
-
-    async def publish(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> Optional[str]:
-        """``emit`` for publishers that can wait (sentri.publishing); returns the event's id."""
-        return self.emit(run_id, event_type, payload)
 
     def deliver(self, run_id: str, frame: Frame) -> int:
         """Write one encoded event to every local listener of the run; ``done`` ends them."""

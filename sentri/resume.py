@@ -28,6 +28,8 @@ REPLAY = "replay"
 SNAPSHOT = "snapshot"
 # An id longer than any this project makes is not looked up at all.
 MAX_ID_LENGTH = 64
+# Below every id: what a client that has no event yet "has".
+NOTHING_YET = "0-0"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class StartPlan:
     snapshot_id: Optional[str] = None  # the id of the newest event the snapshot already contains
     done_id: Optional[str] = None  # the id of the run's ``done`` in history, if there is one
     replay_from: Optional[str] = None  # the client's id, when it is in history
+    history_answered: bool = True  # False: history could not be read (Redis away)
 
     @property
     def replays(self) -> bool:
@@ -51,6 +54,16 @@ class StartPlan:
     @property
     def replay_ends_run(self) -> bool:
         return self.replay is not None and any(entry.ends_stream for entry in self.replay.entries)
+
+    @property
+    def known_through(self) -> Optional[str]:
+        """The newest id the client has once the stream opened: the replay's or snapshot's;
+        ``0-0`` when history was empty (every later event is new to it); None: unknown."""
+        if self.replay is not None:
+            return self.replayed_through
+        if self.snapshot_id is None and self.history_answered:
+            return NOTHING_YET
+        return self.snapshot_id
 
     @property
     def replayed_through(self) -> Optional[str]:
@@ -87,11 +100,19 @@ async def plan_start(history: History, run_id: str, last_event_id: Optional[str]
         if asked and last_event_id is not None and len(last_event_id) <= MAX_ID_LENGTH and id_key(last_event_id):
             replay = await history.replay_after(run_id, last_event_id)
             if replay is not None:
-                return StartPlan(True, replay=replay, done_id=done_id, replay_from=last_event_id)
-        return StartPlan(asked, snapshot_id=await history.last_id(run_id), done_id=done_id)
+                plan = StartPlan(True, replay=replay, done_id=done_id, replay_from=last_event_id)
+                history.unavailable = False
+                return plan
+        plan = StartPlan(asked, snapshot_id=await history.last_id(run_id), done_id=done_id)
     except Exception as error:  # a history that cannot answer (Redis away) costs a snapshot
-        log.warning("history unavailable, sending a snapshot (%s)", type(error).__name__)
-        return StartPlan(asked)
+        if not history.unavailable:  # one line per outage, not one per connect
+            history.unavailable = True
+            log.warning("history unavailable, sending snapshots until it answers (%s)", type(error).__name__)
+        return StartPlan(asked, history_answered=False)
+    if history.unavailable:
+        history.unavailable = False
+        log.info("history available again")
+    return plan
 
 
 def retry_ms(base_ms: int, jitter_ms: int, draw: Callable[[int, int], int] = random.randint) -> int:

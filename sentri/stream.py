@@ -16,9 +16,10 @@ import collections
 import contextlib
 import socket
 import time
-from typing import TYPE_CHECKING, Deque, List, Optional, Union
+from typing import TYPE_CHECKING, Deque, List, Optional, Tuple, Union
 
 from . import sse
+from .history import id_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .hub import Hub
@@ -41,13 +42,15 @@ ENDING_GRACE_S = 10.0
 class Frame:
     """One event, encoded once for every listener; the chunked form is built on first need."""
 
-    __slots__ = ("raw", "_chunked", "ends_stream", "event_id")
+    __slots__ = ("raw", "_chunked", "ends_stream", "event_id", "key")
 
     def __init__(self, raw: bytes, ends_stream: bool = False, event_id: Optional[str] = None) -> None:
         self.raw = raw
         self._chunked: Optional[bytes] = None
         self.ends_stream = ends_stream
         self.event_id = event_id
+        # The id as a comparable pair, computed once: each listener drops what it already has.
+        self.key = id_key(event_id)
 
     def wire(self, chunked: bool) -> bytes:
         if not chunked:
@@ -82,6 +85,7 @@ class EventStream:
         "close_reason",
         "deadline",
         "last_event_id",
+        "last_key",
         "opened",
         "expires_at",
         "__weakref__",
@@ -106,7 +110,11 @@ class EventStream:
         self.closed = False
         self.close_reason: Optional[str] = None
         self.deadline: Optional[asyncio.TimerHandle] = None
+        # The newest event id this client has (replayed, in its snapshot, or sent live) and its
+        # comparable form: a frame with an id not above ``last_key`` was sent already (an event
+        # both replayed from history and relayed, or caught up after a relay outage).
         self.last_event_id: Optional[str] = None
+        self.last_key: Optional[Tuple[int, int]] = None
         # Set by the hub when the stream goes live (open or finish): only such streams count as opened/closed.
         self.opened = False
         # Monotonic time past which the hub ends the stream as too old (SENTRI_MAX_STREAM_AGE_S); 0: never.
@@ -128,6 +136,11 @@ class EventStream:
             if self.held_bytes > self.hub.max_writable_bytes:
                 self.close(CloseReason.TOO_SLOW)
             return
+        key = frame.key
+        if key is not None:
+            if self.last_key is not None and key <= self.last_key:
+                return
+            self.last_key, self.last_event_id = key, frame.event_id
         self.write(frame.wire(self.chunked))
         if frame.ends_stream:
             self.end(CloseReason.DONE)

@@ -94,6 +94,7 @@ def context(settings: Settings, io_loop: Any) -> Iterator[Context]:
 
     io_loop.run_sync(close_streams)
     io_loop.run_sync(context.bus.close)
+    io_loop.run_sync(context.hub.history.close)
     context.store.close()
 
 

@@ -191,7 +191,10 @@ async def test_the_instance_id_names_each_process_and_never_reaches_a_client(por
     assert (await subscriber.get_message(timeout=5))["type"] == "subscribe"
     context.hub.emit("RUN-1", "log", {"message": "x", "_origin": "forged"})
     message = await subscriber.get_message(timeout=5)
-    assert message["data"] == b'{"type":"log","message":"x","_origin":"' + context.instance_id.encode() + b'"}'
-    assert without_id(await response.next_frame()) == b'data: {"type":"log","message":"x"}\n\n'
+    # ``_origin`` is "<instance>|<event id>" (issue 4): Node compares it for equality and strips it.
+    frame = await response.next_frame()
+    event_id = frame.split(b"\n", 1)[0][len(b"id: "):]
+    assert message["data"] == b'{"type":"log","message":"x","_origin":"' + context.instance_id.encode() + b"|" + event_id + b'"}'
+    assert frame == b"id: " + event_id + b'\ndata: {"type":"log","message":"x"}\n\n'
     await subscriber.aclose()
     await client.aclose()

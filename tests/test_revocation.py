@@ -87,6 +87,7 @@ async def test_a_revocation_key_set_without_a_notice_is_still_refused(port, cont
 async def test_with_redis_down_tokens_are_accepted_and_the_outage_is_logged_once(
         port, context, world, redis_server, expect_log):  # noqa: F811
     expect_log("sentri.relay", r"relay (lost|cannot reach) redis")
+    history_down = expect_log("sentri.resume", r"history unavailable, sending snapshots until it answers")
     with expect_log("sentri.revocation", r"revocation check unavailable") as unavailable:
         redis_server.stop()
         for _ in range(3):
@@ -94,3 +95,4 @@ async def test_with_redis_down_tokens_are_accepted_and_the_outage_is_logged_once
             assert response.status == 200
             assert (await response.next_event())["type"] == "snapshot"
     assert unavailable.matched == 1
+    assert history_down.matched == 1

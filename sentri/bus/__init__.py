@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..hub import Hub
@@ -30,6 +30,16 @@ class Bus:
 
     def publish(self, run_id: str, event_json: bytes) -> None:
         """Send an event (already delivered locally) to the other processes."""
+
+    #: Whether this bus gives events their ids where it publishes them (Redis: the run's
+    #: stream entry id, the same on every instance). Then the hub hands events to
+    #: ``publish_event`` and the bus delivers them locally too, once the id is known.
+    assigns_ids = False
+
+    def publish_event(self, run_id: str, event_json: bytes, ends_stream: bool) -> Awaitable[Optional[str]]:
+        """Give an event its id, deliver it locally and relay it; resolves to the id (None if
+        it could not be given one now, for example with the broker away)."""
+        raise NotImplementedError("this bus does not assign ids")
 
     async def wait_subscribed(self, run_id: str, timeout_s: float) -> bool:
         """Wait until messages for this run will reach this process (SPEC 2.1).

@@ -8,7 +8,8 @@ publishing process's id, written last as the Node seed writes it
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, NamedTuple, Optional
+import re
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from .. import sse
 
@@ -16,6 +17,9 @@ RUN_CHANNEL_PREFIX = "sentri:run:"
 TOKEN_REVOKED_CHANNEL = "sentri:token:revoked"  # noqa: S105 - a channel name, not a secret
 REVOKED_KEY_PREFIX = "sentri:revoked:"
 ORIGIN_KEY = "_origin"
+# The origin flag of an event already delivered to the publishing instance's own listeners
+# (published late, after an outage): that instance drops its echo and skips it when catching up.
+DELIVERED_HERE = "local"
 
 _ORIGIN_TAIL = b',"' + ORIGIN_KEY.encode() + b'":'
 
@@ -51,10 +55,16 @@ def encode_event(event_type: str, payload: Optional[Dict[str, Any]] = None) -> b
 class Relayed(NamedTuple):
     event_type: str
     event_json: bytes  # what a client receives: the message without ``_origin``
+    event_id: Optional[str] = None  # from ``"_origin":"<instance>|<id>"`` (sentri.redis_history)
+    own: bool = False  # published by this process: its own listeners get it from this echo
 
 
 def decode_relayed(message: bytes, own_origin: str) -> Optional[Relayed]:
     """The event carried by a relay message, or None to ignore it (own echo, malformed).
+
+    An ``_origin`` of ``"<instance>|<id>"`` carries the event's id. This process's own events
+    with an id come back here to be delivered locally in the channel's order (the order of
+    the ids); its own echoes without an id, or flagged as delivered here already, are dropped.
 
     A message Node or this project wrote ends with ``,"_origin":"<id>"}`` and the rest is
     already ``JSON.stringify`` output, so cutting that tail off yields exactly the bytes a
@@ -71,9 +81,25 @@ def decode_relayed(message: bytes, own_origin: str) -> Optional[Relayed]:
     if not isinstance(event_type, str):
         return None
     origin = event.pop(ORIGIN_KEY, None)
-    if origin == own_origin:
+    instance, event_id, delivered_here = split_origin(origin) if isinstance(origin, str) else (origin, None, False)
+    own = instance == own_origin
+    if own and (event_id is None or delivered_here):
         return None
-    return Relayed(event_type, _without_origin_tail(message, origin) or sse.to_utf8(sse.dumps_js(event)))
+    return Relayed(event_type, _without_origin_tail(message, origin) or sse.to_utf8(sse.dumps_js(event)), event_id, own)
+
+
+_ORIGIN_WITH_ID = re.compile(r"(.*)\|([0-9]{1,20}-[0-9]{1,20})(\|" + DELIVERED_HERE + r")?", re.DOTALL)
+
+
+def split_origin(origin: str) -> Tuple[str, Optional[str], bool]:
+    """``"<instance>|<id>[|local]"`` -> (instance, id, delivered by its publisher already).
+
+    A plain ``"<instance>"`` (Node, older publishers) has no id.
+    """
+    match = _ORIGIN_WITH_ID.fullmatch(origin)
+    if match is None:
+        return origin, None, False
+    return match.group(1), match.group(2), match.group(3) is not None
 
 
 def _without_origin_tail(message: bytes, origin: Any) -> Optional[bytes]:

@@ -13,6 +13,21 @@ here ends the session (both connections), and a supervisor reconnects forever wi
 jittered backoff, re-subscribing every run that still has local listeners. A connection
 that stops answering is detected with PINGs. Events published while Redis is unreachable
 are dropped and counted (pub/sub is at-most-once; gap repair belongs to event ids).
+
+Event ids (issue 4, ``sentri.redis_history``): this project's events are published with one
+Lua script that adds them to the run's Redis stream and publishes them, so their id is the
+same on every instance. The publishing instance delivers its own events to its listeners
+from their echo on the channel, like everyone else's: the channel's order is the id order,
+so two publishers on one run never reach a listener out of order. Then:
+
+- gap repair: after a reconnect, each run with local listeners is caught up from its stream
+  (entries after the oldest id its listeners have), live messages for it held meanwhile; each
+  listener drops frames whose id it already has, so none arrives twice;
+- while Redis is unreachable, events published here are delivered to local listeners at once
+  (without an id) and kept in the bounded outbox; on reconnect they are published in order,
+  flagged ``|local`` so this instance neither delivers their echo nor catches them up again.
+  An event whose script call failed mid-flight is treated the same way; if Redis had run it
+  before the connection broke, it is in history twice (at-least-once, the rare case).
 """
 
 from __future__ import annotations
@@ -23,7 +38,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set
 from urllib.parse import urlsplit
 
 import redis.asyncio
@@ -31,6 +46,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .. import sse
+from ..history import id_key
+from ..redis_history import DELIVERED_HERE, PUBLISH_SCRIPT, PublishCall, entries_of, stream_key
 from ..stream import CloseReason, Frame
 from . import Bus
 from . import messages as wire
@@ -51,6 +68,25 @@ class RelayTimeoutError(Exception):
     """Redis stopped answering the subscriber connection's PINGs."""
 
 
+class _Outgoing:
+    """One message waiting for Redis: an event for the publish script, or a raw message."""
+
+    __slots__ = ("run_id", "data", "ends_stream", "delivered_here", "future", "raw")
+
+    def __init__(self, run_id: str, data: bytes, ends_stream: bool = False, delivered_here: bool = False,
+                 future: Optional[asyncio.Future[Optional[str]]] = None, raw: bool = False) -> None:
+        self.run_id = run_id
+        self.data = data  # the event's JSON, or the whole message when ``raw``
+        self.ends_stream = ends_stream
+        self.delivered_here = delivered_here
+        self.future = future
+        self.raw = raw
+
+    def resolve(self, event_id: Optional[str]) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(event_id)
+
+
 def describe_url(url: str) -> str:
     """Where Redis is, for log lines: host and port only (the URL may hold a password)."""
     parts = urlsplit(url)
@@ -68,6 +104,7 @@ def describe_error(error: BaseException) -> str:
 
 class RedisBus(Bus):
     relays = True
+    assigns_ids = True
 
     def __init__(
         self,
@@ -77,6 +114,9 @@ class RedisBus(Bus):
         retry_max_s: float = 10.0,
         ping_interval_s: float = 5.0,
         max_pending_bytes: int = 16 * 1024 * 1024,
+        history_max_events: int = 1000,
+        history_done_ttl_s: float = 600.0,
+        history_idle_ttl_s: float = 86400.0,
     ) -> None:
         self.redis_url = redis_url
         self.instance_id = instance_id
@@ -84,6 +124,10 @@ class RedisBus(Bus):
         self.ping_interval_s = ping_interval_s
         self.max_pending_bytes = max_pending_bytes
         self._origin_json = wire.origin_json(instance_id)
+        self._delivered_here_origin = instance_id + "|" + DELIVERED_HERE
+        self._publish_call = PublishCall(instance_id, history_max_events, history_done_ttl_s, history_idle_ttl_s)
+        # Runs being caught up after a reconnect: their live frames wait here meanwhile.
+        self._catching_up: Dict[str, List[Frame]] = {}
         self._hub: Optional[Hub] = None
         self._where = describe_url(redis_url)
         # Subscription state. ``_wanted``: runs with local listeners (the hub's view).
@@ -98,7 +142,7 @@ class RedisBus(Bus):
         self._waiters: Dict[str, List[asyncio.Future[bool]]] = {}
         self._subscriptions_changed: Optional[asyncio.Event] = None
         # Outgoing messages, bounded in bytes: a slow Redis makes them wait, never the loop.
-        self._outbox: Deque[Tuple[bytes, bytes]] = collections.deque()
+        self._outbox: Deque[_Outgoing] = collections.deque()
         self._outbox_bytes = 0
         self._outbox_ready: Optional[asyncio.Event] = None
         self._connected = False
@@ -112,6 +156,7 @@ class RedisBus(Bus):
         self.dropped = 0
         self.received = 0
         self.ignored = 0
+        self.caught_up = 0  # events delivered by gap repair after a reconnect
         #: Called with (jti, exp) for each revocation notice, before the streams are closed.
         self.revocation_callbacks: List[Callable[[str, Optional[float]], None]] = []
 
@@ -134,16 +179,37 @@ class RedisBus(Bus):
         self._poke_subscriptions()
 
     def publish(self, run_id: str, event_json: bytes) -> None:
+        """A plain relay message without an id (a hub whose history assigns ids itself)."""
         if not self._connected or self._outbox_ready is None:
             self.dropped += 1
             return
-        message = wire.with_origin(event_json, self._origin_json)
-        if self._outbox_bytes + len(message) > self.max_pending_bytes:
+        self._enqueue(_Outgoing(run_id, wire.with_origin(event_json, self._origin_json), raw=True))
+
+    def publish_event(self, run_id: str, event_json: bytes, ends_stream: bool) -> asyncio.Future[Optional[str]]:
+        future: asyncio.Future[Optional[str]] = asyncio.get_running_loop().create_future()
+        if self._connected and self._outbox_ready is not None:
+            # Delivered here from its echo, in the channel's order (the id order).
+            self._enqueue(_Outgoing(run_id, event_json, ends_stream, future=future))
+            return future
+        # Redis away: local listeners get it now, without an id; Redis gets it on reconnect.
+        future.set_result(None)
+        self._deliver_here(run_id, event_json, ends_stream)
+        self._enqueue(_Outgoing(run_id, event_json, ends_stream, delivered_here=True))
+        return future
+
+    def _enqueue(self, item: _Outgoing) -> None:
+        if self._outbox_bytes + len(item.data) > self.max_pending_bytes:
             self.dropped += 1
+            item.resolve(None)
             return
-        self._outbox.append((wire.run_channel(run_id).encode("utf-8"), message))
-        self._outbox_bytes += len(message)
-        self._outbox_ready.set()
+        self._outbox.append(item)
+        self._outbox_bytes += len(item.data)
+        if self._outbox_ready is not None and self._connected:
+            self._outbox_ready.set()
+
+    def _deliver_here(self, run_id: str, event_json: bytes, ends_stream: bool) -> None:
+        if self._hub is not None:
+            self._hub.deliver(run_id, Frame(sse.data_frame(event_json), ends_stream=ends_stream))
 
     async def wait_subscribed(self, run_id: str, timeout_s: float) -> bool:
         """Wait until Redis confirmed the run's channel (SPEC 2.1); False when down or late."""
@@ -250,12 +316,14 @@ class RedisBus(Bus):
         if changed is None or ready is None:
             raise RuntimeError("RedisBus.start() was not called")
         try:
+            # From now on, live frames for runs with listeners wait until their gap is repaired.
+            self._catching_up = {run_id: [] for run_id in (self._hub.runs if self._hub is not None else ())}
             await asyncio.wait_for(pubsub.subscribe(wire.TOKEN_REVOKED_CHANNEL), CONNECT_TIMEOUT_S)
             self._last_heard = time.monotonic()
             tasks = [
                 asyncio.ensure_future(self._read(pubsub)),
                 asyncio.ensure_future(self._sync_subscriptions(pubsub, changed)),
-                asyncio.ensure_future(self._send_outbox(publisher, ready)),
+                asyncio.ensure_future(self._send_outbox(publisher, ready, publisher.register_script(PUBLISH_SCRIPT))),
                 asyncio.ensure_future(self._keep_alive(pubsub)),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -315,22 +383,83 @@ class RedisBus(Bus):
             if not changed.is_set():
                 await changed.wait()
 
-    async def _send_outbox(self, publisher: Any, ready: asyncio.Event) -> None:
+    async def _send_outbox(self, publisher: Any, ready: asyncio.Event, script: Any) -> None:
+        await self._catch_up(publisher)
         while True:
             await ready.wait()
             ready.clear()
             while self._outbox:
                 batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
-                self._outbox_bytes -= sum(len(message) for _, message in batch)
+                self._outbox_bytes -= sum(len(item.data) for item in batch)
+                # One connection, one pipeline: Redis runs the scripts in this order.
                 pipe = publisher.pipeline(transaction=False)
-                for channel, message in batch:
-                    pipe.publish(channel, message)
+                for item in batch:
+                    if item.raw:
+                        pipe.publish(wire.run_channel(item.run_id), item.data)
+                    else:
+                        keys, args = self._publish_call(item.run_id, item.data, item.ends_stream, item.delivered_here)
+                        await script(keys=keys, args=args, client=pipe)
                 try:
-                    await pipe.execute()
+                    results = await pipe.execute()
                 except BaseException:
-                    self.dropped += len(batch)
+                    self._put_back(batch)
                     raise
                 self.published += len(batch)
+                for item, result in zip(batch, results):
+                    item.resolve(result.decode() if isinstance(result, bytes) else None)
+
+    def _put_back(self, batch: List[_Outgoing]) -> None:
+        """A batch Redis may not have run: its events go back first in line, delivered here now."""
+        kept = []
+        for item in batch:
+            if item.raw:
+                self.dropped += 1
+                continue
+            self._mark_delivered_here(item)
+            kept.append(item)
+        self._outbox.extendleft(reversed(kept))
+        self._outbox_bytes += sum(len(item.data) for item in kept)
+
+    def _mark_delivered_here(self, item: _Outgoing) -> None:
+        if not item.delivered_here:
+            item.delivered_here = True
+            item.resolve(None)
+            self._deliver_here(item.run_id, item.data, item.ends_stream)
+
+    async def _catch_up(self, publisher: Any) -> None:
+        """Gap repair after a (re)connect: each run with listeners gets, from its stream, what
+        was published after the oldest id its listeners have; live frames wait meanwhile."""
+        if not await self.wait_connected(CONNECT_TIMEOUT_S):
+            raise ConnectionError("not connected after subscribing")
+        for run_id in list(self._catching_up):
+            await self.wait_subscribed(run_id, CONNECT_TIMEOUT_S)  # then nothing falls between the two
+            start = self._oldest_known_id(run_id)
+            rows = await publisher.xrange(stream_key(run_id), "(" + start, "+") if start is not None else []
+            held = self._catching_up.pop(run_id, None)
+            if held is None or self._hub is None:
+                continue
+            for entry, origin in entries_of(rows):
+                if origin == self._delivered_here_origin:
+                    continue  # published late by this instance: its listeners had it at once
+                self.caught_up += 1
+                self._hub.deliver(run_id, Frame(sse.data_frame(entry.data, entry.event_id),
+                                                ends_stream=entry.ends_stream, event_id=entry.event_id))
+            for frame in held:
+                self._hub.deliver(run_id, frame)
+        if self._catching_up:  # runs that got listeners meanwhile had none before: nothing to repair
+            self._release_held()
+
+    def _oldest_known_id(self, run_id: str) -> Optional[str]:
+        known = [(key, stream.last_event_id) for stream in (self._hub.runs.get(run_id, ()) if self._hub else ())
+                 if stream.last_event_id and (key := id_key(stream.last_event_id)) is not None]
+        return min(known)[1] if known else None
+
+    def _release_held(self) -> None:
+        catching_up, self._catching_up = self._catching_up, {}
+        for run_id, held in catching_up.items():
+            for frame in held:
+                if self._hub is not None:
+                    self._hub.deliver(run_id, frame)
 
     async def _keep_alive(self, pubsub: Any) -> None:
         """PING when the connection is quiet; no word for three intervals means it is gone."""
@@ -377,7 +506,12 @@ class RedisBus(Bus):
         if run_id is None or relayed is None or self._hub is None:
             self.ignored += 1  # not a run channel, not an event, or our own echo
             return
-        frame = Frame(sse.data_frame(relayed.event_json), ends_stream=relayed.event_type == "done")
+        frame = Frame(sse.data_frame(relayed.event_json, relayed.event_id), ends_stream=relayed.event_type == "done",
+                      event_id=relayed.event_id)
+        held = self._catching_up.get(run_id)
+        if held is not None:
+            held.append(frame)
+            return
         self._hub.deliver(run_id, frame)
 
     def _on_token_revoked(self, data: Any) -> None:
@@ -411,6 +545,8 @@ class RedisBus(Bus):
         log.info("relay connected to redis at %s (%d run channel(s) to subscribe)", self._where, len(self._wanted))
         if self._state_changed is not None:
             self._state_changed.set()
+        if self._outbox and self._outbox_ready is not None:  # events kept while Redis was away
+            self._outbox_ready.set()
 
     def _set_disconnected(self) -> None:
         was_connected = self._connected
@@ -418,10 +554,15 @@ class RedisBus(Bus):
         self._sent.clear()
         self._confirmed.clear()
         self._replies_due.clear()
-        if self._outbox:
-            self.dropped += len(self._outbox)
-            self._outbox.clear()
-            self._outbox_bytes = 0
+        self._release_held()
+        # Events stay in the outbox, for the next connection; their listeners here get them now.
+        for item in list(self._outbox):
+            if item.raw:
+                self.dropped += 1
+                self._outbox.remove(item)
+                self._outbox_bytes -= len(item.data)
+            else:
+                self._mark_delivered_here(item)
         for waiters in self._waiters.values():
             for future in waiters:
                 if not future.done():

@@ -1,0 +1,134 @@
+"""Event ids and history with Redis: a stream per run, written and relayed in one atomic step.
+
+Every publisher of this project (the server's hub, the HTTP API through it, the worker
+publisher and ``sentri emit``) publishes an event with ``PUBLISH_SCRIPT``, one Lua script
+run by Redis as a single step:
+
+1. ``XADD sentri:events:<runId> MAXLEN ~ <SENTRI_HISTORY_MAX_EVENTS>`` with the id
+   ``<Redis time in ms>-<sentri:events:seq>``: the second part is one counter shared by every
+   run, so an id is never found in another run's stream (an id from another run means a
+   snapshot, never that run's events), and the time part keeps ids increasing after a Redis
+   that lost its data (a counter starting again at 1) comes back;
+2. ``PUBLISH sentri:run:<runId>`` the SPEC 1.6 message, with the id carried in
+   ``"_origin":"<instance>|<id>"``: Node instances only compare ``_origin`` for equality and
+   strip it, so their clients' bytes are unchanged;
+3. ``PEXPIRE`` the stream: SENTRI_HISTORY_DONE_TTL_S after a ``done``, else
+   SENTRI_HISTORY_IDLE_TTL_S after the last event.
+
+Because it is one step, two publishers on one run cannot publish ids out of order: the order
+of the ids is the order of the messages on the channel.
+
+``RedisHistory`` answers the resume path (``sentri.resume``) from those streams, exactly as
+the in-process ring does. Events relayed from Node instances have no id and are not kept.
+SENTRI_HISTORY_MAX_BYTES and SENTRI_HISTORY_MAX_RUNS bound the in-process ring only: in Redis
+a run's history is bounded by its count and expiry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import redis.asyncio
+
+from .bus import messages as wire
+from .history import Entry, History, Replay
+
+STREAM_PREFIX = "sentri:events:"
+SEQUENCE_KEY = "sentri:events:seq"
+DELIVERED_HERE = wire.DELIVERED_HERE
+split_origin = wire.split_origin
+HISTORY_TIMEOUT_S = 1.0
+
+PUBLISH_SCRIPT = """
+local now = redis.call('TIME')
+local seq = redis.call('INCR', KEYS[3])
+local id = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)) .. '-' .. seq
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id, 'd', ARGV[1], 'o', ARGV[7], 'e', ARGV[5])
+if type(added) == 'table' and added.err then
+  -- Redis's clock went back below the stream's last id: keep the stream's order instead.
+  added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'd', ARGV[1], 'o', ARGV[7], 'e', ARGV[5])
+end
+redis.call('PUBLISH', KEYS[2], string.sub(ARGV[1], 1, -2) .. ARGV[2] .. added .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return added
+"""
+
+
+def stream_key(run_id: str) -> str:
+    return STREAM_PREFIX + run_id
+
+
+class PublishCall:
+    """The keys and arguments of ``PUBLISH_SCRIPT`` for one event (pure: no Redis here)."""
+
+    def __init__(self, instance_id: str, max_events: int, done_ttl_s: float, idle_ttl_s: float) -> None:
+        self.instance_id = instance_id
+        self.max_events = max_events
+        self.done_ttl_ms = max(1, int(done_ttl_s * 1000))
+        self.idle_ttl_ms = max(1, int(idle_ttl_s * 1000))
+        # ``,"_origin":"<instance>|`` as JSON text: the script appends ``<id>"}``.
+        self._origin_head = b',"' + wire.ORIGIN_KEY.encode() + b'":' + wire.origin_json(instance_id)[:-1] + b"|"
+
+    def __call__(self, run_id: str, event_json: bytes, ends_stream: bool,
+                 delivered_here: bool = False) -> Tuple[List[str], List[Any]]:
+        tail = (b"|" + DELIVERED_HERE.encode() if delivered_here else b"") + b'"}'
+        origin = self.instance_id + ("|" + DELIVERED_HERE if delivered_here else "")
+        keys = [stream_key(run_id), wire.run_channel(run_id), SEQUENCE_KEY]
+        args: List[Any] = [event_json, self._origin_head, tail, self.max_events, "1" if ends_stream else "0",
+                           self.done_ttl_ms if ends_stream else self.idle_ttl_ms, origin]
+        return keys, args
+
+
+def entry_of(event_id: Any, fields: Dict[Any, Any]) -> Tuple[Entry, str]:
+    """A stream entry as a history ``Entry`` plus the origin that wrote it."""
+    text_id = event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+    origin = fields.get(b"o", b"")
+    return (Entry(text_id, bytes(fields.get(b"d", b"")), fields.get(b"e") == b"1"),
+            origin.decode("utf-8", "replace") if isinstance(origin, bytes) else str(origin))
+
+
+def entries_of(rows: Optional[Sequence[Any]]) -> List[Tuple[Entry, str]]:
+    return [entry_of(event_id, fields or {}) for event_id, fields in rows or ()]
+
+
+class RedisHistory(History):
+    """History read from the run streams; ids are assigned by the script, not here."""
+
+    assigns_here = False
+
+    def __init__(self, redis_url: str, timeout_s: float = HISTORY_TIMEOUT_S) -> None:
+        self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    async def _newest(self, run_id: str) -> Optional[Entry]:
+        rows = await self._client.xrevrange(stream_key(run_id), "+", "-", count=1)
+        return entries_of(rows)[0][0] if rows else None
+
+    async def last_id(self, run_id: str) -> Optional[str]:
+        newest = await self._newest(run_id)
+        return newest.event_id if newest is not None else None
+
+    async def done_id(self, run_id: str) -> Optional[str]:
+        # A done is a run's last event: nothing is published after it.
+        newest = await self._newest(run_id)
+        return newest.event_id if newest is not None and newest.ends_stream else None
+
+    async def replay_after(self, run_id: str, event_id: str) -> Optional[Replay]:
+        key = stream_key(run_id)
+        pipe = self._client.pipeline(transaction=True)  # both reads see the same stream
+        pipe.xrange(key, event_id, event_id, count=1)
+        pipe.xrange(key, "(" + event_id, "+")
+        found, after = await pipe.execute()
+        if not found:  # unknown, forged, trimmed away (older than history) or another run's
+            return None
+        return Replay([entry for entry, _ in entries_of(after)], client_has_done=entries_of(found)[0][0].ends_stream)
+
+    async def entries_after(self, run_id: str, event_id: str) -> List[Tuple[Entry, str]]:
+        """Every entry after ``event_id`` with its origin (the relay's gap repair)."""
+        return entries_of(await self._client.xrange(stream_key(run_id), "(" + event_id, "+") or [])
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+__all__ = ["DELIVERED_HERE", "PUBLISH_SCRIPT", "PublishCall", "RedisHistory", "split_origin", "stream_key"]
