@@ -198,7 +198,7 @@ def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: s
     import redis
 
     from .publish import RunEventPublisher
-    from .publishing import EVENT_TYPE_PATTERN
+    from .publishing import EVENT_TYPE_PATTERN, InvalidEventError
 
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: there is no relay to publish to")
@@ -210,15 +210,22 @@ def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: s
         raise SettingsError("JSON: the payload is not valid JSON") from None
     if not isinstance(payload, dict):
         raise SettingsError("JSON: the payload must be a JSON object")
-    publisher = RunEventPublisher(settings.redis_url)
+    # With DATABASE_URL set, a log is stored in run_logs (a done on the run row) first.
+    publisher = RunEventPublisher(settings.redis_url, database_url=settings.database_url,
+                                  history_max_events=settings.history_max_events,
+                                  history_done_ttl_s=settings.history_done_ttl_s,
+                                  history_idle_ttl_s=settings.history_idle_ttl_s)
     try:
-        listening = publisher.emit(run_id, event_type, payload)
+        event_id, listening = publisher.publish(run_id, event_type, payload)
+    except InvalidEventError as error:
+        print(f"sentri: {error}", file=sys.stderr)
+        return 2
     except redis.RedisError as error:
         print(f"sentri: cannot publish to redis ({type(error).__name__})", file=sys.stderr)
         return 1
     finally:
         publisher.close()
-    print(f"published {event_type} on run {run_id}; {listening} instance(s) listening")
+    print(f"published {event_type} on run {run_id} as {event_id}; {listening} instance(s) listening")
     return 0
 
 

@@ -48,9 +48,9 @@ if type(added) == 'table' and added.err then
   -- Redis's clock went back below the stream's last id: keep the stream's order instead.
   added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'd', ARGV[1], 'o', ARGV[7], 'e', ARGV[5])
 end
-redis.call('PUBLISH', KEYS[2], string.sub(ARGV[1], 1, -2) .. ARGV[2] .. added .. ARGV[3])
+local receivers = redis.call('PUBLISH', KEYS[2], string.sub(ARGV[1], 1, -2) .. ARGV[2] .. added .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return added
+return {added, receivers}
 """
 
 
@@ -77,6 +77,14 @@ class PublishCall:
         args: List[Any] = [event_json, self._origin_head, tail, self.max_events, "1" if ends_stream else "0",
                            self.done_ttl_ms if ends_stream else self.idle_ttl_ms, origin]
         return keys, args
+
+
+def script_result(result: Any) -> Tuple[Optional[str], int]:
+    """``PUBLISH_SCRIPT``'s answer: (the event's id, how many subscribers received it)."""
+    if not isinstance(result, (list, tuple)) or len(result) != 2:
+        return None, 0
+    event_id, receivers = result
+    return (event_id.decode() if isinstance(event_id, bytes) else str(event_id)), int(receivers)
 
 
 def entry_of(event_id: Any, fields: Dict[Any, Any]) -> Tuple[Entry, str]:
@@ -131,4 +139,5 @@ class RedisHistory(History):
         await self._client.aclose()
 
 
-__all__ = ["DELIVERED_HERE", "PUBLISH_SCRIPT", "PublishCall", "RedisHistory", "split_origin", "stream_key"]
+__all__ = ["DELIVERED_HERE", "PUBLISH_SCRIPT", "PublishCall", "RedisHistory", "script_result", "split_origin",
+           "stream_key"]

@@ -47,7 +47,7 @@ from redis.backoff import NoBackoff
 
 from .. import sse
 from ..history import id_key
-from ..redis_history import DELIVERED_HERE, PUBLISH_SCRIPT, PublishCall, entries_of, stream_key
+from ..redis_history import DELIVERED_HERE, PUBLISH_SCRIPT, PublishCall, entries_of, script_result, stream_key
 from ..stream import CloseReason, Frame
 from . import Bus
 from . import messages as wire
@@ -406,7 +406,7 @@ class RedisBus(Bus):
                     raise
                 self.published += len(batch)
                 for item, result in zip(batch, results):
-                    item.resolve(result.decode() if isinstance(result, bytes) else None)
+                    item.resolve(None if item.raw else script_result(result)[0])
 
     def _put_back(self, batch: List[_Outgoing]) -> None:
         """A batch Redis may not have run: its events go back first in line, delivered here now."""
