@@ -8,8 +8,10 @@ as JavaScript's ``JSON.stringify`` writes it.
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
-from typing import Any, Optional
+from decimal import Decimal
+from typing import Any, Iterator, Optional
 
 HEARTBEAT = b": heartbeat\n\n"
 
@@ -20,23 +22,57 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _ID_FORBIDDEN = re.compile("[\r\n\x00]")
 
 
+def js_number(value: float) -> str:
+    """A float as JavaScript's ``Number.prototype.toString`` writes it (and so JSON.stringify).
+
+    Both use the shortest digits that round-trip; they differ in layout only: JS writes
+    ``1`` for 1.0, ``10000000000000000`` for 1e16, ``0.00001`` for 1e-05 and ``1e-7`` for
+    1e-07. Non-finite numbers are ``null`` in JSON.stringify.
+    """
+    if value != value or value in (float("inf"), float("-inf")):
+        return "null"
+    if value == 0:
+        return "0"
+    if value < 0:
+        return "-" + js_number(-value)
+    sign, digit_tuple, exponent = Decimal(repr(value)).as_tuple()
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exponent = int(exponent) + (len(digit_tuple) - len(digits))
+    k = len(digits)
+    n = exponent + k  # value = 0.<digits> * 10**n
+    if k <= n <= 21:
+        return digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return "0." + "0" * -n + digits
+    power = n - 1
+    mantissa = digits if k == 1 else digits[0] + "." + digits[1:]
+    return f"{mantissa}e{'+' if power > 0 else '-'}{abs(power)}"
+
+
+class _JsNumberEncoder(json.JSONEncoder):
+    """json's pure-Python encoder with JavaScript's number layout; only used when it matters."""
+
+    def iterencode(self, o: Any, _one_shot: bool = False) -> Iterator[str]:
+        encoder = json.encoder.encode_basestring  # ensure_ascii=False: UTF-8 text, as JS writes it
+        return json.encoder._make_iterencode(  # type: ignore[attr-defined,no-any-return]
+            {}, self.default, encoder, None, js_number, ":", ",", False, False, _one_shot
+        )(o, 0)
+
+
+_JS_ENCODER = _JsNumberEncoder(ensure_ascii=False, separators=(",", ":"))
+# Python writes a float differently from JS only as NaN/Infinity, with a trailing ".0", or with
+# an exponent; the search may also match inside a string, which only costs the slower encoder.
+_PYTHON_ONLY_NUMBER = re.compile(r"NaN|Infinity|\.0(?=[,\]}]|$)|[0-9]e[-+]")
+
+
 def dumps_js(value: Any) -> str:
     """JSON text as ``JSON.stringify(value)`` writes it for JSON-shaped values."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-    if "NaN" in text or "Infinity" in text:
-        # JSON.stringify writes non-finite numbers as null; json.dumps writes bare NaN tokens.
-        text = json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"))
+    if _PYTHON_ONLY_NUMBER.search(text):
+        text = _JS_ENCODER.encode(value)
     return text
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
 
 
 def to_utf8(text: str) -> bytes:

@@ -29,6 +29,12 @@ from sentri import sse
         # U+2028/U+2029 are valid raw in JSON.stringify's output and in an SSE data line.
         ({"type": "log", "message": "\u2028"}, b'data: {"type":"log","message":"\xe2\x80\xa8"}\n\n'),
         ({"type": "frame", "data": 10 ** 20}, b'data: {"type":"frame","data":100000000000000000000}\n\n'),
+        # Floats in JavaScript's layout: integral ones without ".0", exponents only past 1e21 / below 1e-6.
+        ({"type": "result", "ms": 1200.0, "r": [1e16, 1e21, 1e-05, 1e-07, 1.5e-07, -0.0, 0.25, -2.5e-8, True]},
+         b'data: {"type":"result","ms":1200,"r":[10000000000000000,1e+21,0.00001,1e-7,1.5e-7,0,0.25,-2.5e-8,'
+         b'true]}\n\n'),
+        # A string that looks like a Python float is left alone, whichever encoder runs.
+        ({"type": "log", "message": "v1.0} 3e+5", "n": 1.0}, b'data: {"type":"log","message":"v1.0} 3e+5","n":1}\n\n'),
     ],
 )
 def test_event_frame_is_the_exact_bytes_json_stringify_would_send(event, expected):
@@ -52,6 +58,16 @@ def test_heartbeat_retry_and_chunk_bytes():
     assert sse.chunk(b"data: {}\n\n") == b"a\r\ndata: {}\n\n\r\n"
     assert sse.CHUNKED_HEARTBEAT == b"d\r\n: heartbeat\n\n\r\n"
     assert sse.LAST_CHUNK == b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "number, text",
+    [(1.0, "1"), (100.0, "100"), (0.1, "0.1"), (123.456, "123.456"), (1e21, "1e+21"), (1.2345678901234568e20,
+     "123456789012345680000"), (1e-6, "0.000001"), (1e-7, "1e-7"), (5e-324, "5e-324"), (1.7976931348623157e308,
+     "1.7976931348623157e+308"), (-0.0, "0"), (float("nan"), "null"), (float("-inf"), "null")],
+)
+def test_js_number_writes_floats_as_javascript_does(number, text):
+    assert sse.js_number(number) == text
 
 
 def test_dumps_js_matches_json_stringify_for_plain_values():
