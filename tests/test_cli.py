@@ -169,6 +169,7 @@ async def test_sentri_demo_prints_a_curl_whose_url_streams_snapshot_live_logs_an
     process = await asyncio.create_subprocess_exec(
         SENTRI, "demo", "--runs", "1", "--step-s", "0.05", "--port", "0", env=env,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr = asyncio.ensure_future(process.stderr.read())  # drained all along: a full pipe would stall the demo
     try:
         url = None
         while url is None:
@@ -196,8 +197,9 @@ async def test_sentri_demo_prints_a_curl_whose_url_streams_snapshot_live_logs_an
                             rb'"testsGenerated":5\}\n\n', frame)
         assert await response.server_closed()
         code = await asyncio.wait_for(process.wait(), 30)
-        assert code == 0, (await process.stderr.read()).decode()[-2000:]
+        assert code == 0, (await stderr).decode()[-2000:]
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+        await stderr
