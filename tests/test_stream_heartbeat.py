@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import pytest
@@ -73,3 +75,31 @@ async def test_a_finished_run_gets_no_heartbeat_and_a_hung_up_stream_gets_none_e
     await next_data(staying)
     await heartbeat_times(staying, 3)
     assert set(sent) == {1}, sent
+
+
+@pytest.mark.gen_test
+async def test_a_slow_database_lookup_delays_neither_heartbeats_nor_events_of_other_streams(port, world, context):
+    open_stream = await open_request(port, world.events_path())
+    await next_data(open_stream)
+    lookup_started = asyncio.Event()
+    release_lookup = threading.Event()
+    loop = asyncio.get_running_loop()
+    original = context.store.open_stream_sync
+
+    def slow_lookup(*args, **kwargs):
+        loop.call_soon_threadsafe(lookup_started.set)
+        release_lookup.wait(10)
+        return original(*args, **kwargs)
+
+    context.store.open_stream_sync = slow_lookup
+    try:
+        waiting = asyncio.ensure_future(open_request(port, world.events_path()))
+        await asyncio.wait_for(lookup_started.wait(), 5)
+        await heartbeat_times(open_stream, 3)  # while the other request's lookup holds a database thread
+        context.hub.emit("RUN-1", "llm_token", {"token": "t"})
+        assert await next_data(open_stream) == b'data: {"type":"llm_token","token":"t"}\n\n'
+        assert not waiting.done()
+    finally:
+        release_lookup.set()
+    late = await waiting
+    assert (await next_data(late)).startswith(b'data: {"type":"snapshot"')
