@@ -431,23 +431,34 @@ class RedisBus(Bus):
         was published after the oldest id its listeners have; live frames wait meanwhile."""
         if not await self.wait_connected(CONNECT_TIMEOUT_S):
             raise ConnectionError("not connected after subscribing")
-        for run_id in list(self._catching_up):
-            await self.wait_subscribed(run_id, CONNECT_TIMEOUT_S)  # then nothing falls between the two
-            start = self._oldest_known_id(run_id)
-            rows = await publisher.xrange(stream_key(run_id), "(" + start, "+") if start is not None else []
-            held = self._catching_up.pop(run_id, None)
-            if held is None or self._hub is None:
-                continue
-            for entry, origin in entries_of(rows):
-                if origin == self._delivered_here_origin:
-                    continue  # published late by this instance: its listeners had it at once
-                self.caught_up += 1
-                self._hub.deliver(run_id, Frame(sse.data_frame(entry.data, entry.event_id),
-                                                ends_stream=entry.ends_stream, event_id=entry.event_id))
-            for frame in held:
-                self._hub.deliver(run_id, frame)
+        runs = list(self._catching_up)
+        # Subscribed first, read second: nothing published in between is missed.
+        await asyncio.gather(*(self.wait_subscribed(run_id, CONNECT_TIMEOUT_S) for run_id in runs))
+        for batch in _batches(runs, PUBLISH_BATCH):
+            starts = [(run_id, self._oldest_known_id(run_id)) for run_id in batch]
+            pipe = publisher.pipeline(transaction=False)
+            for run_id, start in starts:
+                if start is not None:
+                    pipe.xrange(stream_key(run_id), "(" + start, "+")
+            answers = iter(await pipe.execute())
+            for run_id, start in starts:
+                rows = next(answers) if start is not None else []
+                self._repair(run_id, rows)
         if self._catching_up:  # runs that got listeners meanwhile had none before: nothing to repair
             self._release_held()
+
+    def _repair(self, run_id: str, rows: Any) -> None:
+        held = self._catching_up.pop(run_id, None)
+        if held is None or self._hub is None:
+            return
+        for entry, origin in entries_of(rows):
+            if origin == self._delivered_here_origin:
+                continue  # published late by this instance: its listeners had it at once
+            self.caught_up += 1
+            self._hub.deliver(run_id, Frame(sse.data_frame(entry.data, entry.event_id),
+                                            ends_stream=entry.ends_stream, event_id=entry.event_id))
+        for frame in held:
+            self._hub.deliver(run_id, frame)
 
     def _oldest_known_id(self, run_id: str) -> Optional[str]:
         known = [(key, stream.last_event_id) for stream in (self._hub.runs.get(run_id, ()) if self._hub else ())
