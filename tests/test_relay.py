@@ -194,7 +194,8 @@ async def test_the_instance_id_names_each_process_and_never_reaches_a_client(por
     # ``_origin`` is "<instance>|<event id>" (issue 4): Node compares it for equality and strips it.
     frame = await response.next_frame()
     event_id = frame.split(b"\n", 1)[0][len(b"id: "):]
-    assert message["data"] == b'{"type":"log","message":"x","_origin":"' + context.instance_id.encode() + b"|" + event_id + b'"}'
+    origin = context.instance_id.encode() + b"|" + event_id
+    assert message["data"] == b'{"type":"log","message":"x","_origin":"' + origin + b'"}'
     assert frame == b"id: " + event_id + b'\ndata: {"type":"log","message":"x"}\n\n'
     await subscriber.aclose()
     await client.aclose()
