@@ -188,15 +188,19 @@ def chart(results: List[Dict[str, Any]], path: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("harness_json", nargs="+")
-    parser.add_argument("--scenarios", help="JSON written by bench/scenarios.py")
+    parser.add_argument("--scenarios", action="append", default=[],
+                        help="JSON written by bench/scenarios.py (repeatable)")
     parser.add_argument("--out", help="output path without extension [default: next to the first JSON, report]")
     args = parser.parse_args()
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.harness_json[0])), "report")
     results, meta = load(args.harness_json)
     parts = ["## Side by side (one server process each)", "", table(results), "", "Sources: " + "; ".join(meta), ""]
-    if args.scenarios:
-        with open(args.scenarios) as handle:
-            parts.append(scenario_tables(json.load(handle)))
+    scenarios: Dict[str, Any] = {}
+    for path in args.scenarios:
+        with open(path) as handle:
+            scenarios.update(json.load(handle))
+    if scenarios:
+        parts.append(scenario_tables(scenarios))
     text = "\n".join(parts) + "\n"
     with open(out + ".md", "w") as handle:
         handle.write(text)

@@ -16,4 +16,6 @@ out=${SENTRI_BENCH_OUT:-$here/results}
 mkdir -p "$out"
 cd "$harness"
 python3 bench.py --token "$token" --json "$out/bench-$stamp.json" --markdown "$out/bench-$stamp.md" "$@"
+# The harness records its argv (the token included) in the JSON: keep the token out of results.
+sed -i "s/$token/<bench token>/g" "$out/bench-$stamp.json"
 "$SENTRI_PYTHON" "$here/report.py" "$out/bench-$stamp.json" --out "$out/report-$stamp"
