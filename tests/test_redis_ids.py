@@ -259,3 +259,32 @@ async def test_an_event_published_while_the_relay_was_cut_off_is_caught_up_from_
     assert context.bus.caught_up == 1
     after = await context.hub.publish("RUN-1", "llm_token", {"token": "after"})
     assert await next_event(on_a) == (after, {"type": "llm_token", "token": "after"})  # the gap event not twice
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_client_holding_the_done_gets_204_from_the_other_instance(
+        port, context, world, redis_server, instance_b):  # noqa: F811
+    assert await context.bus.wait_connected(5.0)
+    on_a = await open_live(port, world)
+    done = await context.hub.publish("RUN-1", "done", {"status": "completed", "passed": 1, "failed": 0, "total": 1})
+    assert (await next_event(on_a))[0] == done
+    again = await open_request(instance_b.port, world.events_path(), headers={"Last-Event-ID": done})
+    assert again.status == 204
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_id_from_another_runs_stream_gets_a_snapshot_never_that_runs_events(
+        port, context, world, redis_server):  # noqa: F811
+    world.rows.run(world.project, id="RUN-2")
+    assert await context.bus.wait_connected(5.0)
+    own = await context.hub.publish("RUN-1", "llm_token", {"token": "mine"})
+    other = await context.hub.publish("RUN-2", "llm_token", {"token": "theirs"})
+    await context.hub.publish("RUN-2", "llm_token", {"token": "theirs, later"})
+    assert id_key(own) < id_key(other)
+    response = await open_request(port, world.events_path(), headers={"Last-Event-ID": other})
+    assert response.status == 200
+    assert response.headers["sentri-resume"] == "snapshot"
+    snapshot_id, snapshot = await next_event(response)
+    assert (snapshot_id, snapshot["type"]) == (own, "snapshot")
+    later = await context.hub.publish("RUN-1", "llm_token", {"token": "mine, later"})
+    assert await next_event(response) == (later, {"type": "llm_token", "token": "mine, later"})
