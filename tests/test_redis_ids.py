@@ -288,3 +288,43 @@ async def test_an_id_from_another_runs_stream_gets_a_snapshot_never_that_runs_ev
     assert (snapshot_id, snapshot["type"]) == (own, "snapshot")
     later = await context.hub.publish("RUN-1", "llm_token", {"token": "mine, later"})
     assert await next_event(response) == (later, {"type": "llm_token", "token": "mine, later"})
+
+
+class TestOutboxFull:
+    @pytest.fixture
+    def settings(self, settings):
+        return settings.replace(relay_max_pending_bytes=300, relay_ping_interval_s=0.3)
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_an_event_that_finds_the_outbox_full_still_reaches_local_listeners_and_none_is_lost(
+            self, port, context, world, redis_server, expect_log):  # noqa: F811
+        expect_log("sentri.relay", r"relay lost redis .*RelayTimeoutError")
+        expect_log("sentri.revocation", r"revocation check unavailable", required=False)
+        assert await context.bus.wait_connected(5.0)
+        on_a = await open_live(port, world)
+        tokens = [str(number) * 100 for number in range(4)]
+        redis_server.pause()  # SIGSTOP: the first publish hangs, the next ones wait in the outbox
+        try:
+            context.hub.emit("RUN-1", "llm_token", {"token": tokens[0]})
+            await wait_until(lambda: not context.bus._outbox, what="the first publish in flight")
+            for token in tokens[1:]:  # 2 x ~130 bytes fit in 300; the third does not
+                context.hub.emit("RUN-1", "llm_token", {"token": token})
+            assert context.bus.dropped == 1
+            # Not relayed, but delivered here at once, without an id (Redis is still paused).
+            assert await next_event(on_a) == (None, {"type": "llm_token", "token": tokens[3]})
+            await wait_until(lambda: not context.bus.connected, what="the watchdog gives up on redis")
+            # Then the ones that were waiting for Redis, in order, without ids.
+            for token in tokens[:3]:
+                assert await next_event(on_a) == (None, {"type": "llm_token", "token": token})
+        finally:
+            redis_server.resume()
+        assert await context.bus.wait_connected(15.0)
+        await wait_until(lambda: context.bus.published >= 3, what="the kept events published late")
+        client = redis_server.client()
+        try:
+            kept = [json.loads(fields[b"d"])["token"] for _, fields in client.xrange(STREAM)]
+        finally:
+            client.close()
+        assert kept == tokens[:3]
+        after = await context.hub.publish("RUN-1", "llm_token", {"token": "after"})
+        assert await next_event(on_a) == (after, {"type": "llm_token", "token": "after"})  # none twice

@@ -199,8 +199,10 @@ class RedisBus(Bus):
 
     def _enqueue(self, item: _Outgoing) -> None:
         if self._outbox_bytes + len(item.data) > self.max_pending_bytes:
+            # Not relayed, not kept; but this instance's listeners still get it, without an id.
+            if not item.raw:
+                self._mark_delivered_here(item)
             self.dropped += 1
-            item.resolve(None)
             return
         self._outbox.append(item)
         self._outbox_bytes += len(item.data)
