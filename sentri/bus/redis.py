@@ -11,8 +11,8 @@ The relay owns its reconnect loop rather than relying on redis-py's: whether a r
 pub/sub reader survives a Redis restart differs between 5.x, 6.x and 8.x, so every error
 here ends the session (both connections), and a supervisor reconnects forever with capped,
 jittered backoff, re-subscribing every run that still has local listeners. A connection
-that stops answering is detected with PINGs. Events published while Redis is unreachable
-are dropped and counted (pub/sub is at-most-once; gap repair belongs to event ids).
+that stops answering is detected with PINGs. Plain (id-less) messages published while Redis
+is unreachable are dropped and counted; events with ids are kept (below).
 
 Event ids (issue 4, ``sentri.redis_history``): this project's events are published with one
 Lua script that adds them to the run's Redis stream and publishes them, so their id is the
