@@ -53,6 +53,18 @@ def test_expectation_scope(expect_log):
     logging.getLogger("sentri.bus").error("connected")          # other text
     logging.getLogger("sentri.bus").error("disconnected")       # the one allowed
 
+def test_leaks_a_failed_task():
+    import asyncio
+    async def fail():
+        raise RuntimeError("nobody awaited me")
+    loop = asyncio.new_event_loop()
+    loop.create_task(fail())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+def test_runs_after_the_leak():
+    pass
+
 def test_line_after_block(expect_log):
     with expect_log("sentri", r"gone"):
         logging.getLogger("sentri").warning("gone")
@@ -129,6 +141,13 @@ def test_a_line_after_its_block_is_unexpected_again(outcomes):
     outcome, text = outcomes["test_line_after_block"]
     assert outcome == "error"
     assert text.count("unexpected log line: WARNING sentri: gone") == 1
+
+
+def test_a_task_error_nobody_retrieved_is_charged_to_the_test_that_dropped_the_task(outcomes):
+    outcome, text = outcomes["test_leaks_a_failed_task"]
+    assert outcome == "error"
+    assert "unexpected log line: ERROR asyncio: Task exception was never retrieved" in text
+    assert outcomes["test_runs_after_the_leak"] == ("passed", "")
 
 
 def test_the_check_watches_this_suite_too(fail_on_unexpected_logs, expect_log):
