@@ -58,9 +58,11 @@ def test_leaks_a_failed_task():
     async def fail():
         raise RuntimeError("nobody awaited me")
     loop = asyncio.new_event_loop()
-    loop.create_task(fail())
+    task = loop.create_task(fail())
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()
+    holder = {"task": task}
+    holder["self"] = holder  # a cycle: only the garbage collector frees the task
 
 def test_runs_after_the_leak():
     pass
