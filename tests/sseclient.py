@@ -8,11 +8,11 @@ back the SSE body as bytes, frame by frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
-
-OPEN_RESPONSES: List["StreamResponse"] = []
+OPEN_RESPONSES: List[StreamResponse] = []
 
 
 async def close_all() -> None:
@@ -20,10 +20,8 @@ async def close_all() -> None:
     while OPEN_RESPONSES:
         response = OPEN_RESPONSES.pop()
         response.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await response.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 class StreamResponse:
