@@ -136,7 +136,7 @@ class RunEventsHandler(LenientDecoding):
         stream.attach_socket(sock, chunked)
         head = self._head(lookup, chunked, plan)
         if lookup.is_running and not plan.replay_ends_run:
-            hub.open(stream, head, plan.replayed_through, plan.known_through)
+            hub.open(stream, head, plan.replayed_through, plan.known_through, lookup.snapshot_logs)
         else:
             hub.finish(stream, head)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import AbstractSet, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from tornado.ioloop import PeriodicCallback
 
@@ -113,6 +113,7 @@ class Hub:
             if stream.expires_at and now >= stream.expires_at:
                 stream.end(CloseReason.TOO_OLD)
                 continue
+            stream.snapshot_logs = None  # one interval after opening, no live copy can still come
             stream.send(HEARTBEAT_FRAME)
             beats += 1
         if beats:
@@ -144,11 +145,13 @@ class Hub:
         return stream
 
     def open(self, stream: EventStream, head: bytes, replayed_through: Optional[str] = None,
-             snapshot_id: Optional[str] = None) -> None:
+             snapshot_id: Optional[str] = None, snapshot_logs: AbstractSet[str] = frozenset()) -> None:
         """Go live: write the response head and snapshot, then what arrived meanwhile, in order.
 
         ``replayed_through``: the id of the last event ``head`` replayed from history; held
         frames up to it were in the replay and are dropped, so none is sent twice.
+        ``snapshot_logs``: log lines the snapshot in ``head`` holds; a held ``log`` frame with one
+        of them was stored before the snapshot was read, so the client has it already.
         ``snapshot_id``: the id the snapshot in ``head`` carries; frames relayed after the
         held ones with an id up to it are not sent (with Redis, history can be ahead of pub/sub).
         """
@@ -160,6 +163,8 @@ class Hub:
             # Frames relayed later may still be older than the replay's end (history can be
             # ahead of pub/sub on another instance): the stream drops those too.
             stream.last_key, stream.last_event_id = replayed, replayed_through
+        if snapshot_logs:
+            stream.snapshot_logs = snapshot_logs
         if stream.closed:
             return
         self._wheel[self._cursor].add(stream)

@@ -100,6 +100,21 @@ def event_frame(event: Any, event_id: Optional[str] = None) -> bytes:
     return data_frame(to_utf8(dumps_js(event)), event_id)
 
 
+def log_message_of(frame: bytes) -> Optional[str]:
+    """The ``message`` of a ``log`` event frame, else None (read only when a stream opens)."""
+    if b'"type":"log"' not in frame:
+        return None
+    for line in frame.split(b"\n"):
+        if line.startswith(b"data: "):
+            try:
+                event = json.loads(line[len(b"data: "):])
+            except ValueError:
+                return None
+            message = event.get("message") if isinstance(event, dict) and event.get("type") == "log" else None
+            return message if isinstance(message, str) else None
+    return None
+
+
 def retry_frame(retry_ms: int) -> bytes:
     return b"retry: %d\n\n" % retry_ms
 

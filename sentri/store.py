@@ -15,7 +15,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import peewee
@@ -39,6 +39,9 @@ from .shared_reads import SharedReads
 from .signing import ArtifactSigner
 
 T = TypeVar("T")
+
+# How many of a snapshot's newest log lines are remembered to drop live duplicates of them.
+SNAPSHOT_LOG_TAIL = 256
 
 SQLITE_PRAGMAS = (
     # WAL lets the Node backend write while streams read; busy_timeout rides out its locks.
@@ -146,6 +149,9 @@ class StreamLookup:
     status: Optional[str] = None
     snapshot_json: bytes = b""
     done_json: bytes = b""
+    # The newest log lines the snapshot holds: a log stored after the history position was
+    # read is in the snapshot AND among the held live frames; the hub drops that second copy.
+    snapshot_logs: FrozenSet[str] = frozenset()
 
     @property
     def is_running(self) -> bool:
@@ -297,7 +303,8 @@ class Store:
             return StreamLookup(StreamOutcome.RUN_NOT_FOUND, workspace_id)
         if not in_workspace:
             return StreamLookup(StreamOutcome.PROJECT_NOT_FOUND, workspace_id)
-        run = run_to_json(row, self.log_messages(run_id) if include_snapshot else [])
+        logs = self.log_messages(run_id) if include_snapshot else []
+        run = run_to_json(row, logs)
         if include_snapshot:
             self.signer.sign_run(run, now_ms=int(time.time() * 1000))
         status = run.get("status")
@@ -307,6 +314,7 @@ class Store:
             status=status if isinstance(status, str) else None,
             snapshot_json=sse.to_utf8(sse.dumps_js({"type": "snapshot", "run": run})) if include_snapshot else b"",
             done_json=b"" if status == "running" else sse.to_utf8(sse.dumps_js(done_payload(run))),
+            snapshot_logs=frozenset(logs[-SNAPSHOT_LOG_TAIL:]),
         )
 
     async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str,

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import socket
 import time
-from typing import TYPE_CHECKING, Deque, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, AbstractSet, Deque, List, Optional, Tuple, Union
 
 from . import sse
 from .history import id_key
@@ -42,7 +42,7 @@ ENDING_GRACE_S = 10.0
 class Frame:
     """One event, encoded once for every listener; the chunked form is built on first need."""
 
-    __slots__ = ("raw", "_chunked", "ends_stream", "event_id", "key")
+    __slots__ = ("raw", "_chunked", "ends_stream", "event_id", "key", "_log_message")
 
     def __init__(self, raw: bytes, ends_stream: bool = False, event_id: Optional[str] = None) -> None:
         self.raw = raw
@@ -51,6 +51,13 @@ class Frame:
         self.event_id = event_id
         # The id as a comparable pair, computed once: each listener drops what it already has.
         self.key = id_key(event_id)
+        self._log_message: Union[str, None, bool] = False  # False: not read yet
+
+    def log_message(self) -> Optional[str]:
+        """A ``log`` event's message, read once per frame and only when a stream asks."""
+        if self._log_message is False:
+            self._log_message = sse.log_message_of(self.raw)
+        return self._log_message  # type: ignore[return-value]
 
     def wire(self, chunked: bool) -> bytes:
         if not chunked:
@@ -86,6 +93,7 @@ class EventStream:
         "deadline",
         "last_event_id",
         "last_key",
+        "snapshot_logs",
         "opened",
         "expires_at",
         "__weakref__",
@@ -115,6 +123,9 @@ class EventStream:
         # both replayed from history and relayed, or caught up after a relay outage).
         self.last_event_id: Optional[str] = None
         self.last_key: Optional[Tuple[int, int]] = None
+        # Log lines its snapshot held, for one heartbeat interval after it opened: a log stored
+        # before the snapshot was read may still arrive live (relayed a moment later).
+        self.snapshot_logs: Optional[AbstractSet[str]] = None
         # Set by the hub when the stream goes live (open or finish): only such streams count as opened/closed.
         self.opened = False
         # Monotonic time past which the hub ends the stream as too old (SENTRI_MAX_STREAM_AGE_S); 0: never.
@@ -135,6 +146,8 @@ class EventStream:
             self.held_bytes += len(frame.raw)
             if self.held_bytes > self.hub.max_writable_bytes:
                 self.close(CloseReason.TOO_SLOW)
+            return
+        if self.snapshot_logs is not None and frame.log_message() in self.snapshot_logs:
             return
         key = frame.key
         if key is not None:
