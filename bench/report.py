@@ -84,7 +84,8 @@ def cell(results: List[Dict[str, Any]], peer: str, scenario: str, field: str) ->
         values = [r["result"].get("background_busy_pct") for r in results if r["peer"] == peer]
         values = [value for value in values if value is not None]
         return fmt(max(values)) if values else "–"
-    runs = [r["result"] for r in results if r["peer"] == peer and r["scenario"] == scenario]
+    runs = [r["result"] for r in results
+            if r["peer"] == peer and r["scenario"] == scenario and "error" not in r["result"]]
     if field == "_hb":
         return spread([f"{r.get('heartbeats_in_window')} / {r.get('heartbeats_expected')}" for r in runs])
     if field == "_delivered":
@@ -151,7 +152,10 @@ def chart(results: List[Dict[str, Any]], path: str) -> None:
             peers.append(r["peer"])
 
     def first(peer: str, scenario: str) -> Optional[Dict[str, Any]]:
-        return next((r["result"] for r in results if r["peer"] == peer and r["scenario"] == scenario), None)
+        # The last successful result: a later file (a re-run) replaces an earlier one.
+        found = [r["result"] for r in results
+                 if r["peer"] == peer and r["scenario"] == scenario and "error" not in r["result"]]
+        return found[-1] if found else None
 
     figure, axes = plt.subplots(2, 2, figsize=(12, 8))
     fan = [(p, first(p, "fanout")) for p in peers if first(p, "fanout")]
