@@ -258,11 +258,10 @@ class EventStream:
         self.hub.forget(self)
         sock = self.sock
         if sock is not None:
+            # Only this method closes the socket, and it drops ``self.sock`` as it does: the fd is valid here.
             loop = asyncio.get_running_loop()
-            fd = sock.fileno()
-            if fd >= 0:
-                loop.remove_reader(fd)
-                loop.remove_writer(fd)
+            loop.remove_reader(sock.fileno())
+            loop.remove_writer(sock.fileno())
             with contextlib.suppress(OSError):  # close never raises on Linux for a valid fd
                 sock.close()
             self.sock = None
