@@ -15,6 +15,7 @@ from sentri.stream import CloseReason
 
 from .test_stream_backpressure import fill_kernel_buffers, read_exactly
 
+
 def live_stream(context, run_id: str, chunked: bool):  # type: ignore[no-untyped-def]
     server_end, client_end = socket.socketpair()
     server_end.setblocking(False)
