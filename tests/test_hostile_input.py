@@ -103,7 +103,7 @@ async def test_the_legacy_api_prefix_redirects_with_308_and_keeps_the_query_stri
     assert response.headers["content-length"] == "0"
     response = await open_request(port, "/api/runs/RUN%2D1/events")
     assert response.headers["location"] == "/api/v1/runs/RUN%2D1/events"
-    for method in ("HEAD", "POST", "DELETE"):
+    for method in ("HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
         response = await open_request(port, "/api/anything", method=method)
         assert (response.status, response.headers["location"]) == (308, "/api/v1/anything")
 

@@ -1,0 +1,117 @@
+"""A stream request refused after its listener was reserved leaves nothing behind: the
+database failing, a drain starting, or the client leaving while the run is read."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import peewee
+import pytest
+
+from handlers.events import RunEventsHandler
+from sentri.stream import CloseReason
+
+from .sseclient import open_request
+
+
+def failing_lookup(context, monkeypatch, expect_log):  # type: ignore[no-untyped-def]
+    # The cause is logged (the token redacted), never sent to the client.
+    expect_log("tornado.general",
+               r"^503 GET /api/v1/runs/RUN-1/events\?token=\[redacted\] .*: stream lookup failed: OperationalError$")
+    expect_log("sentri.access", r"GET /api/v1/runs/RUN-1/events 503$")
+    # A database that fails on this one query: stopping the shared server would break
+    # every other engineer's run, and a private one takes seconds to start.
+    async def open_stream(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise peewee.OperationalError("server closed the connection unexpectedly")
+    monkeypatch.setattr(context.store, "open_stream", open_stream)
+
+
+@pytest.mark.gen_test
+async def test_a_failed_run_lookup_is_503_and_releases_the_reserved_listener(port, world, context, monkeypatch,
+                                                                              expect_log):
+    failing_lookup(context, monkeypatch, expect_log)
+    response = await open_request(port, world.events_path())
+    assert response.status == 503
+    assert await response.read_json() == {"error": "database unavailable"}
+    assert b"OperationalError" not in response.body and b"closed the connection" not in response.body
+    assert context.hub.runs == {}
+
+
+@pytest.mark.gen_test
+async def test_a_failed_run_lookup_over_the_listener_cap_is_503_too(port, world, context, monkeypatch, expect_log):
+    context.hub.max_listeners_per_run = 1
+    holder = context.hub.reserve("RUN-1")  # the one slot is taken: this request gets none
+    failing_lookup(context, monkeypatch, expect_log)
+    response = await open_request(port, world.events_path())
+    assert response.status == 503
+    assert await response.read_json() == {"error": "database unavailable"}
+    assert context.hub.runs == {"RUN-1": {holder}}
+
+
+@pytest.mark.gen_test
+async def test_a_drain_that_starts_while_the_run_is_read_refuses_the_stream_with_retry_after(
+        port, world, context, monkeypatch, expect_log):
+    expect_log("sentri.access", r"GET /api/v1/runs/RUN-1/events 503$")
+    lookup = context.store.open_stream
+
+    async def drain_begins_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await lookup(*args, **kwargs)
+        context.draining = True
+        return result
+    monkeypatch.setattr(context.store, "open_stream", drain_begins_meanwhile)
+    response = await open_request(port, world.events_path())
+    assert response.status == 503
+    assert response.headers["retry-after"] == "1"
+    assert await response.read_json() == {"error": "server is shutting down", "retryAfter": 1}
+    assert context.hub.runs == {}
+
+
+@pytest.mark.gen_test
+async def test_a_client_that_leaves_while_the_run_is_read_gets_no_stream(port, world, context, monkeypatch):
+    lookup = context.store.open_stream
+    asked = asyncio.Event()
+    client_left = asyncio.Event()
+    reserved = []
+    closed = []
+    reserve = context.hub.reserve
+    observer_closed = context.hub.observer.stream_closed
+    on_connection_close = RunEventsHandler.on_connection_close
+
+    async def lookup_until_the_client_left(*args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.set()
+        await client_left.wait()
+        return await lookup(*args, **kwargs)
+
+    def noticed_the_client_left(handler):  # type: ignore[no-untyped-def]
+        on_connection_close(handler)
+        client_left.set()
+
+    def stream_closed(stream):  # type: ignore[no-untyped-def]
+        closed.append(stream)
+        observer_closed(stream)
+
+    monkeypatch.setattr(context.store, "open_stream", lookup_until_the_client_left)
+    monkeypatch.setattr(context.hub, "reserve", lambda *a, **k: reserved.append(reserve(*a, **k)) or reserved[-1])
+    monkeypatch.setattr(context.hub.observer, "stream_closed", stream_closed)
+    monkeypatch.setattr(RunEventsHandler, "on_connection_close", noticed_the_client_left)
+
+    client = socket.create_connection(("127.0.0.1", port))
+    client.sendall(f"GET {world.events_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await asked.wait()
+    # A reset, not a FIN: the server's poll reports the connection failed at once.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    await asyncio.wait_for(client_left.wait(), 5)
+    await asyncio.wait_for(until_closed(reserved), 5)
+    stream = reserved[0]
+    assert stream.close_reason == CloseReason.CLIENT_GONE and stream.sock is None
+    assert context.hub.runs == {}
+    assert closed == []  # it never went live, so it is not counted as a closed stream
+
+
+async def until_closed(reserved):  # type: ignore[no-untyped-def]
+    # The handler resumes once the lookup returns; nothing else signals the close.
+    while not reserved[0].closed:
+        await asyncio.sleep(0.01)
