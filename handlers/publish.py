@@ -79,10 +79,11 @@ class PublishEventHandler(JsonHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
+        # The count only grows: once past the bound, every later chunk is past it too.
         if self._received > self.context.settings.publish_max_bytes:
             self._too_large = True
             self._body = []
-        elif not self._too_large:
+        else:
             self._body.append(chunk)
 
     async def post(self, run_id: str) -> None:
