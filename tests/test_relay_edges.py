@@ -1,0 +1,262 @@
+"""The relay's less travelled paths, each against a private Redis: plain (id-less) messages of a
+hub whose history numbers events itself, what an outage does to them and to subscription
+waits, start/close in odd orders, malformed revocation notices, and session tasks that
+swallow their cancellation as redis-py sometimes does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import pytest
+import redis.asyncio
+
+from sentri.bus import Bus
+from sentri.bus import messages as wire
+from sentri.bus.redis import CLOSE_TIMEOUT_S, RedisBus, describe_url
+from sentri.history import MemoryHistory
+from sentri.hub import Hub
+
+from .redis_server import redis_server  # noqa: F401 (fixture)
+from .services import wait_until
+
+INSTANCE = "py_edges"
+
+
+def numbering_here_hub(bus):
+    """A hub whose history gives ids itself: the relay then carries plain Node-style messages."""
+    history = MemoryHistory(max_events=10, max_bytes=1 << 20, max_runs=10, done_ttl_s=60.0, idle_ttl_s=60.0)
+    return Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus,
+               history=history)
+
+
+async def listen(redis_server, channel):  # noqa: F811
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel)
+    assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+    return client, pubsub
+
+
+async def next_data(pubsub):
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+    assert message is not None, "nothing published within 5 s"
+    return message["data"]
+
+
+async def stop_listening(client, pubsub):
+    await pubsub.aclose()
+    await client.aclose()
+
+
+def test_log_lines_name_the_redis_host_without_password_and_fall_back_to_6379_for_a_bad_port():
+    assert describe_url("redis://:s3cret@cache.internal:6380/0") == "cache.internal:6380"
+    assert describe_url("redis://:s3cret@cache.internal:notaport/0") == "cache.internal:6379"
+    assert describe_url("redis://:s3cret@cache.internal:99999/0") == "cache.internal:6379"
+
+
+def test_the_in_process_bus_cannot_number_events():
+    bus = Bus()
+    assert bus.assigns_ids is False
+    with pytest.raises(NotImplementedError, match="this bus does not assign ids"):
+        bus.publish_event("RUN-1", b'{"type":"log"}', False)
+
+
+def test_a_message_whose_origin_is_not_the_last_key_is_re_encoded_without_it():
+    relayed = wire.decode_relayed(b'{"type":"log","_origin":"node-1","message":"a\\u00e9"}', INSTANCE)
+    assert relayed == wire.Relayed("log", '{"type":"log","message":"aé"}'.encode(), None, False)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_with_a_history_numbering_events_here_the_relay_publishes_plain_messages_and_drops_what_does_not_fit(
+        redis_server):  # noqa: F811
+    client, pubsub = await listen(redis_server, "sentri:run:RUN-1")
+    bus = RedisBus(redis_server.url, INSTANCE, max_pending_bytes=60)
+    hub = numbering_here_hub(bus)
+    try:
+        hub.emit("RUN-1", "log", {"message": "before start"})  # not connected: dropped, counted
+        assert bus.dropped == 1
+        await bus.start()
+        assert await bus.wait_connected(5.0)
+        hub.emit("RUN-1", "log", {"message": "x" * 40})  # 76 bytes with the origin: over the 60-byte outbox
+        assert bus.dropped == 2
+        hub.emit("RUN-1", "log", {"message": "plain"})
+        assert await next_data(pubsub) == b'{"type":"log","message":"plain","_origin":"py_edges"}'
+        await wait_until(lambda: bus.published == 1, what="the publish counted")
+        assert bus.dropped == 2
+    finally:
+        await bus.close()
+        await stop_listening(client, pubsub)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_outage_drops_plain_messages_in_flight_and_queued_and_ends_subscription_waits_with_false(
+        redis_server, expect_log):  # noqa: F811
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(RelayTimeoutError: no reply from redis")
+    bus = RedisBus(redis_server.url, INSTANCE, ping_interval_s=0.2, retry_max_s=0.2)
+    hub = numbering_here_hub(bus)
+    await bus.start()
+    try:
+        assert await bus.wait_connected(5.0)
+        redis_server.pause()  # SIGSTOP: nothing answers, nothing fails yet
+        try:
+            hub.emit("RUN-1", "log", {"message": "in flight"})
+            await wait_until(lambda: bus._outbox_bytes == 0, what="the sender took the first message")
+            hub.emit("RUN-1", "log", {"message": "queued 1"})
+            hub.emit("RUN-1", "log", {"message": "queued 2"})
+            bus.subscribe("RUN-2")
+            started = time.monotonic()
+            assert await bus.wait_subscribed("RUN-2", 10.0) is False  # the watchdog's disconnect ends the wait
+            assert time.monotonic() - started < 5.0
+            assert not bus.connected
+            assert bus.dropped == 3
+            assert bus._outbox_bytes == 0
+        finally:
+            redis_server.resume()
+        assert await bus.wait_connected(10.0)
+        assert await bus.wait_subscribed("RUN-2", 5.0) is True
+    finally:
+        await bus.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_relay_started_twice_runs_one_connection(redis_server):  # noqa: F811
+    bus = RedisBus(redis_server.url, INSTANCE)
+    try:
+        await bus.start()
+        await bus.start()
+        assert await bus.wait_connected(5.0)
+        assert (bus.attempts, bus.connects) == (1, 1)
+        assert redis_server.subscribers(wire.TOKEN_REVOKED_CHANNEL) == 1
+    finally:
+        await bus.close()
+    assert not bus.connected
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_relay_without_a_hub_keeps_events_from_before_start_and_publishes_them_flagged_local(
+        redis_server):  # noqa: F811
+    client, pubsub = await listen(redis_server, "sentri:run:RUN-1")
+    bus = RedisBus(redis_server.url, INSTANCE)
+    try:
+        await bus.close()  # never started: nothing to stop
+        assert not bus.connected
+        bus.subscribe("RUN-1")  # before start: remembered, subscribed once connected
+        assert await bus.publish_event("RUN-1", b'{"type":"log","message":"early"}', False) is None
+        await bus.start()
+        assert await bus.wait_connected(5.0)
+        data = await next_data(pubsub)
+        assert re.fullmatch(rb'\{"type":"log","message":"early","_origin":"py_edges\|[0-9]+-[0-9]+\|local"\}', data), \
+            data
+        assert await bus.wait_subscribed("RUN-1", 5.0) is True
+        assert bus.dropped == 0
+    finally:
+        await bus.close()
+        await stop_listening(client, pubsub)
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["with a hub", "without a hub"])
+@pytest.mark.gen_test(timeout=30)
+async def test_malformed_revocation_notices_are_ignored_and_good_ones_reach_the_callbacks(
+        redis_server, attached):  # noqa: F811
+    bus = RedisBus(redis_server.url, INSTANCE)
+    hub = numbering_here_hub(bus) if attached else None
+    notices = []
+    bus.revocation_callbacks.append(lambda jti, expires: notices.append((jti, expires)))
+    await bus.start()
+    try:
+        assert await bus.wait_connected(5.0)
+        for data in (b"not json", b"\xff\xfe", b"[1]", json.dumps({"jti": ""}).encode(), b'{"exp":1}',
+                     b'{"jti":"j-1","exp":"soon"}', b'{"jti":"j-2","exp":1700000000}'):
+            assert redis_server.publish(wire.TOKEN_REVOKED_CHANNEL, data) == 1
+        await wait_until(lambda: bus.received == 7, what="all notices read")
+        assert bus.ignored == 5
+        assert notices == [("j-1", None), ("j-2", 1700000000)]
+        if hub is not None:
+            assert hub.runs == {}  # nothing open, nothing closed
+    finally:
+        await bus.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_channel_joined_left_and_rejoined_before_redis_replies_is_confirmed_by_the_last_reply(
+        redis_server):  # noqa: F811
+    bus = RedisBus(redis_server.url, INSTANCE)
+    await bus.start()
+    try:
+        assert await bus.wait_connected(5.0)
+        redis_server.pause()  # the three commands are sent; their replies come after resume
+        try:
+            for change in (bus.subscribe, bus.unsubscribe, bus.subscribe):
+                change("RUN-3")
+                await wait_until(lambda: ("sentri:run:RUN-3" in bus._sent) == (change == bus.subscribe),
+                                 what="the change sent")
+            assert bus._replies_due == {"sentri:run:RUN-3": 3}
+        finally:
+            redis_server.resume()
+        assert await bus.wait_subscribed("RUN-3", 5.0) is True
+        assert bus._replies_due == {}
+        assert redis_server.subscribers("sentri:run:RUN-3") == 1
+    finally:
+        await bus.close()
+
+
+class KeepAliveSwallowingItsFirstCancel(RedisBus):
+    """redis-py can swallow a CancelledError inside a command and carry on (see RedisBus.close):
+    here the keep-alive task does that once, then waits where the next cancel lands."""
+
+    swallowed = 0
+
+    async def _keep_alive(self, pubsub):
+        try:
+            await super()._keep_alive(pubsub)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+            await asyncio.Event().wait()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_session_task_swallowing_its_cancel_does_not_keep_the_relay_from_reconnecting(
+        redis_server, expect_log):  # noqa: F811
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+")
+    bus = KeepAliveSwallowingItsFirstCancel(redis_server.url, INSTANCE, retry_max_s=0.2)
+    await bus.start()
+    try:
+        assert await bus.wait_connected(5.0)
+        redis_server.stop()
+        await wait_until(lambda: not bus.connected, what="the outage seen")
+        redis_server.start()
+        assert await bus.wait_connected(10.0)
+        assert (bus.swallowed, bus.connects) == (1, 2)
+    finally:
+        await bus.close()
+
+
+class SessionTurningCancelIntoAnError(RedisBus):
+    """A session whose cancel comes out as a connection error (a cancel swallowed mid-command)."""
+
+    async def _session(self):
+        try:
+            await super()._session()
+        except asyncio.CancelledError:
+            raise ConnectionError("cancelled mid-command") from None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_closing_a_relay_whose_session_swallows_the_cancel_still_ends_it_promptly(
+        redis_server, expect_log):  # noqa: F811
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(ConnectionError: cancelled mid-command\)")
+    bus = SessionTurningCancelIntoAnError(redis_server.url, INSTANCE, retry_base_s=0.0001, retry_max_s=0.0001)
+    await bus.start()
+    assert await bus.wait_connected(5.0)
+    supervisor = bus._supervisor
+    started = time.monotonic()
+    await bus.close()
+    assert time.monotonic() - started < CLOSE_TIMEOUT_S
+    assert supervisor is not None and supervisor.done()
+    assert not bus.connected
+    await wait_until(lambda: redis_server.subscribers(wire.TOKEN_REVOKED_CHANNEL) == 0, what="connection closed")
