@@ -9,6 +9,7 @@ Content-Security-Policy violation is one) or uncaught page error.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -281,12 +282,13 @@ class DemoServer:
             self.crash()
 
     def stored_logs(self, run_id: str) -> List[str]:
-        with sqlite3.connect(os.path.join(self.data_dir, "sentri.db")) as database:
+        # closing(): sqlite3's own context manager only commits; the connection would stay open.
+        with contextlib.closing(sqlite3.connect(os.path.join(self.data_dir, "sentri.db"))) as database:
             rows = database.execute("SELECT message FROM run_logs WHERE runId = ? ORDER BY seq", (run_id,))
             return [message for (message,) in rows]
 
     def stored_status(self, run_id: str) -> str:
-        with sqlite3.connect(os.path.join(self.data_dir, "sentri.db")) as database:
+        with contextlib.closing(sqlite3.connect(os.path.join(self.data_dir, "sentri.db"))) as database:
             return str(database.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0])
 
 
