@@ -95,3 +95,16 @@ def test_every_artifact_path_of_a_run_is_signed_and_the_input_is_not_changed():
     assert first["stepCaptures"][1] == {"step": 2, "screenshotPath": None}
     assert signed["results"][1] == "not-an-object"
     assert repr(result) == original_result  # the result objects themselves are copied, not edited
+
+
+def test_a_run_with_no_artifact_paths_and_non_list_segments_and_results_is_left_as_it_is():
+    run = {"id": "RUN-1", "videoSegments": None, "results": "[]"}
+    assert ArtifactSigner(SECRET, TTL_MS).sign_run(run, now_ms=NOW_MS) == {
+        "id": "RUN-1", "videoSegments": None, "results": "[]"}
+
+
+def test_a_step_capture_that_is_not_an_object_is_kept_unsigned():
+    result = {"testId": "TC-1", "stepCaptures": ["not-an-object", None, {"screenshotPath": "/artifacts/s.png"}]}
+    signed = ArtifactSigner(SECRET, TTL_MS).sign_result(result, now_ms=NOW_MS)
+    assert signed["stepCaptures"][:2] == ["not-an-object", None]
+    assert_signed(signed["stepCaptures"][2]["screenshotPath"], "/artifacts/s.png")
