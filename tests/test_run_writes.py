@@ -1,0 +1,38 @@
+"""Recording a run's end: counters only when they are numbers, a duration only when the run
+has a start time that can be read."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentri.models import Run
+from sentri.writes import finish_run
+
+
+async def finished(context, run_id, done):  # type: ignore[no-untyped-def]
+    await context.store.run(lambda: finish_run(run_id, done))
+    return await context.store.run(lambda: Run.select(Run.status, Run.passed, Run.failed, Run.total, Run.duration,
+                                                      Run.finishedAt).where(Run.id == run_id).dicts().first())
+
+
+@pytest.mark.gen_test
+async def test_counters_that_are_not_numbers_are_not_written(context, world):
+    row = await finished(context, "RUN-1", {"status": "failed", "passed": "3", "failed": 1, "total": None})
+    assert (row["status"], row["passed"], row["failed"], row["total"]) == ("failed", None, 1, None)
+    assert row["finishedAt"] and row["duration"] >= 0
+
+
+@pytest.mark.gen_test
+async def test_a_run_without_a_start_time_gets_no_duration(context, world, rows):
+    rows.run(world.project, id="RUN-2", startedAt=None)
+    row = await finished(context, "RUN-2", {"status": "completed", "passed": 2})
+    assert (row["status"], row["passed"], row["duration"]) == ("completed", 2, None)
+    assert row["finishedAt"]
+
+
+@pytest.mark.gen_test
+async def test_a_run_whose_start_time_cannot_be_read_gets_no_duration_but_still_ends(context, world, rows):
+    rows.run(world.project, id="RUN-3", startedAt="yesterday")
+    row = await finished(context, "RUN-3", {})
+    assert (row["status"], row["duration"]) == ("completed", None)
+    assert row["finishedAt"]
