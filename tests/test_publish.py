@@ -3,6 +3,7 @@ message that every instance relays, with only ``REDIS_URL`` to go on."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from sentri import publish
+from sentri.models import Run, RunLog
 from sentri.publish import RunEventPublisher
 
 from .redis_server import redis_server  # noqa: F401 (fixture)
@@ -117,3 +119,73 @@ class TestIntoAServer:
         assert publisher.emit("RUN-1", "llm_token", {"token": "Hel"}) == 1
         publisher.close()
         assert without_id(await response.next_frame()) == b'data: {"type":"llm_token","token":"Hel"}\n\n'
+
+
+def test_a_publisher_needs_a_redis_url():
+    with pytest.raises(ValueError, match=r"\AREDIS_URL is not set: there is no relay to publish to\Z"):
+        RunEventPublisher("")
+
+
+def test_the_plain_message_of_a_publisher_ends_with_its_origin_and_ignores_a_payload_origin():
+    publisher = RunEventPublisher("redis://127.0.0.1:1/0", origin="worker_7")  # connects on first command only
+    try:
+        assert publisher.message("log", {"message": "hi", "_origin": "forged"}) == (
+            b'{"type":"log","message":"hi","_origin":"worker_7"}')
+        assert publisher.message("ping") == b'{"type":"ping","_origin":"worker_7"}'
+    finally:
+        publisher.close()
+
+
+def test_emit_reuses_one_publisher_per_process(redis_server, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setattr(publish, "_default", None)
+    subscriber = redis_server.client().pubsub()
+    subscriber.subscribe("sentri:run:RUN-9")
+    subscriber.get_message(timeout=5)
+    try:
+        assert publish.emit("RUN-9", "log", {"message": "one"}) == 1
+        first = publish._default
+        assert publish.emit("RUN-9", "log", {"message": "two"}) == 1
+        assert publish._default is first
+        origins = [json.loads(subscriber.get_message(timeout=5)["data"])["_origin"].split("|")[0] for _ in range(2)]
+        assert origins == [first.origin, first.origin]
+    finally:
+        publish._default.close()
+        subscriber.close()
+
+
+def run_cli_with_database(args, redis_url, database_url):
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url)
+    return subprocess.run([sys.executable, "-m", "sentri.cli", "emit", *args], env=env, capture_output=True,
+                          timeout=30, check=False)
+
+
+def test_with_a_database_an_event_other_than_log_or_done_is_published_and_not_stored(
+        settings, context, world, redis_server):  # noqa: F811
+    with context.store.database.connection_context():
+        run_before = Run.select().where(Run.id == "RUN-1").dicts().first()
+    result = run_cli_with_database(("RUN-1", "result", '{"result":{"id":"TC-1","status":"passed"}}'),
+                                   redis_server.url, settings.database_url)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert re.fullmatch(rb"published result on run RUN-1 as [0-9]+-[0-9]+; 0 instance\(s\) listening\n",
+                        result.stdout), result.stdout
+    client = redis_server.client()
+    [(_, fields)] = client.xrange("sentri:events:RUN-1")
+    client.close()
+    assert fields[b"d"] == b'{"type":"result","result":{"id":"TC-1","status":"passed"}}'
+    with context.store.database.connection_context():
+        assert RunLog.select().where(RunLog.runId == "RUN-1").count() == 0
+        assert Run.select().where(Run.id == "RUN-1").dicts().first() == run_before
+
+
+def test_a_database_that_cannot_be_opened_is_reported_in_one_line_without_the_password(redis_server):  # noqa: F811
+    url = "postgresql://postgres:s3cret-pw@127.0.0.1:5432/sentri_no_such_database"
+    result = run_cli_with_database(("RUN-1", "log", '{"message":"x"}'), redis_server.url, url)
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert re.fullmatch(rb'sentri: DATABASE_URL: cannot open the database \(OperationalError: [^\n]*'
+                        rb'database "sentri_no_such_database" does not exist\)\n', result.stderr), result.stderr
+    assert b"s3cret-pw" not in result.stderr
+    client = redis_server.client()
+    assert client.exists("sentri:events:RUN-1") == 0
+    client.close()
