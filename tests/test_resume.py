@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
+
+from sentri.history import History
+from sentri.resume import plan_start
 
 from .sseclient import open_request
 
@@ -203,3 +207,14 @@ async def test_a_finished_run_connect_gives_the_done_its_history_id_so_the_recon
     assert resumed.headers["sentri-resume"] == "replay"
     assert await resumed.read_to_end() == (
         b'retry: 2500\n\nid: %s\ndata: {"type":"done","status":"completed"}\n\n' % done.encode())
+
+
+@pytest.mark.gen_test
+async def test_a_history_that_answers_again_after_an_outage_is_logged_once_as_available(caplog):
+    caplog.set_level(logging.INFO, logger="sentri.resume")
+    history = History()
+    history.unavailable = True  # the last read failed
+    plan = await plan_start(history, "RUN-1", None)
+    assert plan.history_answered and not history.unavailable
+    await plan_start(history, "RUN-1", None)
+    assert [r.getMessage() for r in caplog.records if r.name == "sentri.resume"] == ["history available again"]

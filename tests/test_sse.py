@@ -74,3 +74,10 @@ def test_dumps_js_matches_json_stringify_for_plain_values():
     assert sse.dumps_js([1, "x", None, False, 0.5]) == '[1,"x",null,false,0.5]'
     assert sse.dumps_js({}) == "{}"
     assert sse.dumps_js("\u00e9") == '"\u00e9"'
+
+
+def test_the_log_message_of_a_frame_is_none_when_its_data_is_not_json_or_missing():
+    assert sse.log_message_of(b'data: {"type":"log","message":"x"\n\n') is None  # cut short
+    assert sse.log_message_of(b': {"type":"log"} in a comment only\n\n') is None  # no data line
+    assert sse.log_message_of(b'data: {"type":"log","message":7}\n\n') is None
+    assert sse.log_message_of(b'id: 1-0\ndata: {"type":"log","message":"kept"}\n\n') == "kept"
