@@ -4,16 +4,19 @@ open streams are closed within a second of the notice on ``sentri:token:revoked`
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import jwt
 import pytest
 
+from sentri.bus import Bus
+from sentri.revocation import RedisRevocations, make_revocations
 from sentri.stream import CloseReason
 
 from .conftest import JWT_SECRET, token_for
 from .hubwatch import HubWatch
-from .redis_server import redis_server  # noqa: F401 (fixture)
+from .redis_server import RelayRedis, redis_server  # noqa: F401 (fixture)
 from .sseclient import open_request
 from .test_relay import without_id
 
@@ -96,3 +99,73 @@ async def test_with_redis_down_tokens_are_accepted_and_the_outage_is_logged_once
             assert (await response.next_event())["type"] == "snapshot"
     assert unavailable.matched == 1
     assert history_down.matched == 1
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis that is not the app's (not started yet): stopping it leaves the app's relay alone."""
+    folder = tmp_path / "own-redis"
+    folder.mkdir()
+    server = RelayRedis(str(folder))
+    yield server
+    server.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_remembered_notice_refuses_the_token_without_asking_redis(own_redis, expect_log):
+    revocations = RedisRevocations(own_redis.url, timeout_s=0.5)  # nothing listens there yet
+    revocations.remember("jti-1", time.time() + 60)
+    revocations.remember("jti-2", None)  # no exp: remembered for an hour
+    try:
+        assert await revocations.is_revoked("jti-1") is True  # no warning: Redis was not asked
+        assert await revocations.is_revoked("jti-2") is True
+        with expect_log("sentri.revocation", r"revocation check unavailable \(ConnectionError\)"):
+            assert await revocations.is_revoked("jti-3") is False
+    finally:
+        await revocations.close()
+
+
+def test_remembered_notices_past_their_expiry_are_pruned_beyond_1024():
+    revocations = RedisRevocations("redis://127.0.0.1:1/0")
+    now = time.time()
+    for number in range(999):
+        revocations.remember(f"old-{number}", now - 1)
+    for number in range(25):
+        revocations.remember(f"live-{number}", now + 60)
+    assert len(revocations._remembered) == 1024  # at the bound: nothing pruned yet
+    revocations.remember("live-last", now + 60)
+    assert sorted(revocations._remembered) == sorted([f"live-{number}" for number in range(25)] + ["live-last"])
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_check_says_once_when_redis_answers_again_and_works_after_close(
+        own_redis, expect_log, caplog):
+    revocations = RedisRevocations(own_redis.url, timeout_s=0.5)
+    await revocations.close()  # nothing opened yet: nothing to close
+    try:
+        with expect_log("sentri.revocation", r"revocation check unavailable"):
+            assert await revocations.is_revoked("jti-1") is False
+        own_redis.start()
+        client = own_redis.client()
+        client.set("sentri:revoked:jti-1", "1", ex=60)
+        client.close()
+        caplog.set_level(logging.INFO, logger="sentri.revocation")
+        assert await revocations.is_revoked("jti-1") is True
+        assert await revocations.is_revoked("jti-2") is False
+        assert [(record.levelno, record.getMessage()) for record in caplog.records
+                if record.name == "sentri.revocation"] == [
+            (logging.WARNING, "revocation check unavailable (ConnectionError); accepting tokens unchecked "
+                              "until redis answers"),
+            (logging.INFO, "revocation check available again")]
+        await revocations.close()
+        assert await revocations.is_revoked("jti-1") is True  # a new connection after close
+    finally:
+        await revocations.close()
+
+
+def test_with_redis_but_a_bus_without_notices_revocations_are_still_checked_in_redis(settings, redis_server):  # noqa: F811
+    bus = Bus()
+    revocations = make_revocations(settings, bus)
+    assert isinstance(revocations, RedisRevocations)
+    assert revocations.redis_url == redis_server.url
+    assert not hasattr(bus, "revocation_callbacks")
