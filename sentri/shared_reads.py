@@ -52,8 +52,8 @@ class SharedReads:
                 def starting() -> T:
                     with self._lock:
                         pending.started = True
-                        if self._waiting.get(key) is pending:
-                            del self._waiting[key]
+                        # Still the key's entry: a call finding it unstarted shares it, never replaces it.
+                        del self._waiting[key]
                     return work()
 
                 task = pending.task = asyncio.ensure_future(submit(starting))
