@@ -57,3 +57,13 @@ def test_the_nginx_site_streams_unbuffered_over_http_1_1_with_connection_cleared
     assert read_timeout >= 10 * SETTINGS_BY_NAME["SENTRI_HEARTBEAT_INTERVAL_S"].default
     assert "$request " not in site and "$request_uri" not in site and "$args" not in site  # no query strings
     assert re.search(r"worker_shutdown_timeout \d+s;", read("nginx", "nginx.conf"))
+
+
+def test_a_list_default_is_shown_comma_separated_and_an_empty_one_as_nothing():
+    from sentri.config import Setting
+    from sentri.envexample import shown_default
+
+    cors = SETTINGS_BY_NAME["CORS_ORIGIN"]
+    assert shown_default(cors) == ""
+    two = Setting("SENTRI_EXAMPLE_LIST", cors.parse, ("https://a.example", "https://b.example"), "Two origins.")
+    assert shown_default(two) == "https://a.example,https://b.example"
