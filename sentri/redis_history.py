@@ -131,10 +131,6 @@ class RedisHistory(History):
             return None
         return Replay([entry for entry, _ in entries_of(after)], client_has_done=entries_of(found)[0][0].ends_stream)
 
-    async def entries_after(self, run_id: str, event_id: str) -> List[Tuple[Entry, str]]:
-        """Every entry after ``event_id`` with its origin (the relay's gap repair)."""
-        return entries_of(await self._client.xrange(stream_key(run_id), "(" + event_id, "+") or [])
-
     async def close(self) -> None:
         await self._client.aclose()
 

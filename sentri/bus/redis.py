@@ -382,8 +382,7 @@ class RedisBus(Bus):
                 self._sent.update(batch)
                 self._expect_replies(batch)
                 await pubsub.subscribe(*batch)
-            if not changed.is_set():
-                await changed.wait()
+            await changed.wait()  # at once when a change came in while the batches were sent
 
     async def _send_outbox(self, publisher: Any, ready: asyncio.Event, script: Any) -> None:
         await self._catch_up(publisher)
@@ -506,8 +505,7 @@ class RedisBus(Bus):
             elif kind == "subscribe" and channel in self._sent:
                 self._confirmed.add(channel)
                 for future in self._waiters.pop(channel, []):
-                    if not future.done():
-                        future.set_result(True)
+                    future.set_result(True)  # never done before: only this and a disconnect resolve it
 
     def _expect_replies(self, channels: List[str]) -> None:
         for channel in channels:
@@ -578,8 +576,7 @@ class RedisBus(Bus):
                 self._mark_delivered_here(item)
         for waiters in self._waiters.values():
             for future in waiters:
-                if not future.done():
-                    future.set_result(False)
+                future.set_result(False)  # pending: a waiter leaves the list as soon as its wait ends
         self._waiters.clear()
         if was_connected and self._state_changed is not None:
             self._state_changed.set()
