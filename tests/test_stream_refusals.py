@@ -115,3 +115,37 @@ async def until_closed(reserved):  # type: ignore[no-untyped-def]
     # The handler resumes once the lookup returns; nothing else signals the close.
     while not reserved[0].closed:
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.gen_test
+async def test_a_drain_during_the_lookup_refuses_a_finished_run_request_that_got_no_listener_slot_too(
+        port, world, rows, context, monkeypatch, expect_log):
+    # A finished run needs no slot, so over the cap it is served, unless a drain began meanwhile.
+    expect_log("sentri.access", r"GET /api/v1/runs/RUN-2/events 503$")
+    rows.run(world.project, id="RUN-2", status="completed")
+    context.hub.max_listeners_per_run = 1
+    holder = context.hub.reserve("RUN-2")
+    lookup = context.store.open_stream
+
+    async def drain_begins_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await lookup(*args, **kwargs)
+        context.draining = True
+        return result
+    monkeypatch.setattr(context.store, "open_stream", drain_begins_meanwhile)
+    response = await open_request(port, world.events_path("RUN-2"))
+    assert (response.status, response.headers["retry-after"]) == (503, "1")
+    assert await response.read_json() == {"error": "server is shutting down", "retryAfter": 1}
+    assert context.hub.runs == {"RUN-2": {holder}}
+
+
+@pytest.mark.gen_test
+async def test_a_client_that_has_the_done_gets_204_even_when_the_run_has_no_free_listener_slot(port, world, rows,
+                                                                                                 context):
+    rows.run(world.project, id="RUN-2", status="completed")
+    done = context.hub.emit("RUN-2", "done", {"status": "completed"})
+    assert done is not None
+    context.hub.max_listeners_per_run = 1
+    holder = context.hub.reserve("RUN-2")
+    response = await open_request(port, world.events_path("RUN-2"), headers={"Last-Event-ID": done})
+    assert response.status_line == b"HTTP/1.1 204 No Content"
+    assert context.hub.runs == {"RUN-2": {holder}}
