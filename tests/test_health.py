@@ -14,7 +14,7 @@ import tornado.testing
 from sentri.app import build_context, make_app
 from sentri.drain import drain
 
-from . import pg
+from . import pg, sseclient
 from .services import RedisServer, wait_until
 from .sseclient import open_request
 
@@ -106,4 +106,7 @@ async def test_readiness_is_503_database_while_the_database_is_gone(settings, ex
             assert await get_json(port, "/readyz") == (503, {"error": "not ready", "failed": ["database"]})
         finally:
             server.stop()
+            # Its own server: end the connections here, or their tasks outlive the test's loop.
+            await sseclient.close_all()
+            await server.close_all_connections()
             context.store.close()
