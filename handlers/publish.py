@@ -28,6 +28,7 @@ TOKEN_REQUIRED = {"error": "publish token required"}
 TOKEN_INVALID = {"error": "invalid publish token"}
 NOT_JSON = {"error": "body is not valid JSON"}
 NOT_AN_OBJECT = {"error": "body must be a JSON object"}
+DATABASE_UNAVAILABLE = {"error": "database unavailable", "retryAfter": 1}
 RUN_NOT_FOUND = {"error": "run not found"}
 
 
@@ -106,9 +107,15 @@ class PublishEventHandler(JsonHandler):
             prepare(event_type, body)
         except InvalidEventError as error:
             raise ApiError(400, {"error": str(error)}) from None
-        if len(run_id) > 128 or not await self.context.store.run_exists(run_id):
-            raise ApiError(404, RUN_NOT_FOUND)
-        event_id = await publisher.publish(run_id, event_type, body)
+        try:
+            if len(run_id) > 128 or not await self.context.store.run_exists(run_id):
+                raise ApiError(404, RUN_NOT_FOUND)
+            event_id = await publisher.publish(run_id, event_type, body)
+        except ApiError:
+            raise
+        except Exception as error:  # the store refused the write: nothing was published; retry later
+            self.set_header("Retry-After", "1")
+            raise ApiError(503, DATABASE_UNAVAILABLE, f"publish failed: {type(error).__name__}") from None
         self.write_json({"id": event_id}, status=202)
 
 

@@ -65,13 +65,24 @@ def finish_run(run_id: str, done: Mapping[str, Any]) -> None:
     row = Run.select(Run.startedAt).where(Run.id == run_id).tuples().first()
     fields: Dict[str, Any] = {"status": done.get("status") or "completed", "finishedAt": iso_now()}
     for key in ("passed", "failed", "total"):
-        if isinstance(done.get(key), int):
+        if fits_integer_column(done.get(key)):
             fields[key] = done[key]
     if row is not None and row[0]:
         try:
             started = datetime.datetime.fromisoformat(str(row[0]).replace("Z", "+00:00"))
             elapsed = datetime.datetime.now(datetime.timezone.utc) - started
-            fields["duration"] = int(elapsed.total_seconds() * 1000)
-        except ValueError:
-            pass
+            duration_ms = int(elapsed.total_seconds() * 1000)
+        except (ValueError, TypeError):
+            duration_ms = None
+        # A start time weeks old (or in the future) gives no duration the column can hold.
+        if fits_integer_column(duration_ms):
+            fields["duration"] = duration_ms
     update_run(run_id, fields)
+
+
+# The Node backend's INTEGER columns are 32-bit on PostgreSQL; a larger value fails the write.
+INTEGER_COLUMN_MAX = 2**31 - 1
+
+
+def fits_integer_column(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INTEGER_COLUMN_MAX

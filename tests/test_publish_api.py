@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
 
 from sentri.models import Run, RunLog
+from sentri.writes import iso_now
 
 from .sseclient import open_request
 
@@ -123,6 +125,9 @@ async def test_a_stamped_log_message_is_kept_as_is(port, world, context):
 
 @pytest.mark.gen_test
 async def test_a_published_done_updates_the_run_row_and_ends_the_streams(port, world, context):
+    with context.store.database.connection_context():  # started a minute ago: a real duration
+        Run.update(startedAt=iso_now(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1))
+                   ).where(Run.id == "RUN-1").execute()
     stream = await open_request(port, world.events_path())
     await stream.next_event()
     status, body = await post(port, {"type": "done", "status": "failed", "passed": 2, "failed": 1, "total": 3})
@@ -134,4 +139,4 @@ async def test_a_published_done_updates_the_run_row_and_ends_the_streams(port, w
         row = Run.select(Run.status, Run.passed, Run.failed, Run.total, Run.finishedAt, Run.duration).where(
             Run.id == "RUN-1").dicts().first()
     assert (row["status"], row["passed"], row["failed"], row["total"]) == ("failed", 2, 1, 3)
-    assert row["finishedAt"] and row["duration"] > 0
+    assert row["finishedAt"] and 60_000 <= row["duration"] < 120_000

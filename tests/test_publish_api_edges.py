@@ -18,6 +18,8 @@ from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine
 
 from handlers.publish import MethodAndPath
 
+from .frames import next_data
+from .sseclient import open_request
 from .test_publish_api import PATH, PUBLISH_TOKEN, post
 
 
@@ -96,3 +98,17 @@ async def test_without_a_publisher_the_endpoint_is_404_even_with_a_token(port, w
 def test_the_publish_route_reverses_to_its_path():
     route = MethodAndPath("POST", r"/api/v1/runs/([^/]+)/events$")
     assert route.reverse("RUN-7") == "/api/v1/runs/RUN-7/events"
+
+
+@pytest.mark.gen_test
+async def test_a_log_the_database_cannot_store_is_503_and_reaches_no_listener(port, world, context, expect_log):
+    expect_log("sentri.access", r"POST /api/v1/runs/RUN-1/events 503$")
+    expect_log("tornado.general", r"503 POST /api/v1/runs/RUN-1/events .*publish failed: (OperationalError|ProgrammingError)$")
+    stream = await open_request(port, world.events_path())
+    assert (await stream.next_event())["type"] == "snapshot"
+    with context.store.database.connection_context():  # a real failure: the table the write needs is gone
+        context.store.database.execute_sql("DROP TABLE run_logs")
+    status, body = await post(port, {"type": "log", "message": "lost?"})
+    assert (status, body) == (503, {"error": "database unavailable", "retryAfter": 1})
+    context.hub.emit("RUN-1", "llm_token", {"token": "next"})
+    assert await next_data(stream) == b'data: {"type":"llm_token","token":"next"}\n\n'  # not the log

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sentri.models import Run
-from sentri.writes import finish_run
+from sentri.writes import finish_run, iso_now
 
 
 async def finished(context, run_id, done):  # type: ignore[no-untyped-def]
@@ -17,6 +17,8 @@ async def finished(context, run_id, done):  # type: ignore[no-untyped-def]
 
 @pytest.mark.gen_test
 async def test_counters_that_are_not_numbers_are_not_written(context, world):
+    with context.store.database.connection_context():
+        Run.update(startedAt=iso_now()).where(Run.id == "RUN-1").execute()
     row = await finished(context, "RUN-1", {"status": "failed", "passed": "3", "failed": 1, "total": None})
     assert (row["status"], row["passed"], row["failed"], row["total"]) == ("failed", None, 1, None)
     assert row["finishedAt"] and row["duration"] >= 0
@@ -36,3 +38,13 @@ async def test_a_run_whose_start_time_cannot_be_read_gets_no_duration_but_still_
     row = await finished(context, "RUN-3", {})
     assert (row["status"], row["duration"]) == ("completed", None)
     assert row["finishedAt"]
+
+
+def test_a_done_never_writes_a_value_a_32_bit_integer_column_cannot_hold(context, world):
+    """PostgreSQL's INTEGER is 32-bit: a run started weeks ago, or huge counters, would fail the write."""
+    with context.store.database.connection_context():
+        Run.update(startedAt="2020-01-01T00:00:00.000Z").where(Run.id == "RUN-1").execute()
+        finish_run("RUN-1", {"status": "completed", "passed": 2**31, "failed": -1, "total": 3})
+        row = Run.select(Run.status, Run.passed, Run.failed, Run.total, Run.duration).where(
+            Run.id == "RUN-1").dicts().first()
+    assert row == {"status": "completed", "passed": None, "failed": None, "total": 3, "duration": None}
