@@ -103,7 +103,8 @@ def test_the_publish_route_reverses_to_its_path():
 @pytest.mark.gen_test
 async def test_a_log_the_database_cannot_store_is_503_and_reaches_no_listener(port, world, context, expect_log):
     expect_log("sentri.access", r"POST /api/v1/runs/RUN-1/events 503$")
-    expect_log("tornado.general", r"503 POST /api/v1/runs/RUN-1/events .*publish failed: (OperationalError|ProgrammingError)$")
+    expect_log("tornado.general",
+               r"503 POST /api/v1/runs/RUN-1/events .*publish failed: (OperationalError|ProgrammingError)$")
     stream = await open_request(port, world.events_path())
     assert (await stream.next_event())["type"] == "snapshot"
     with context.store.database.connection_context():  # a real failure: the table the write needs is gone
