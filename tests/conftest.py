@@ -95,6 +95,7 @@ def context(settings: Settings, io_loop: Any) -> Iterator[Context]:
     io_loop.run_sync(close_streams)
     io_loop.run_sync(context.bus.close)
     io_loop.run_sync(context.hub.history.close)
+    io_loop.run_sync(context.revocations.close)
     context.store.close()
 
 

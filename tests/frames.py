@@ -11,6 +11,8 @@ from typing import Any
 
 from sentri import sse
 
+from .sseclient import open_request
+
 
 def data_part(frame: bytes) -> bytes:
     """The frame without its ``id:`` line, if it has one."""
@@ -30,3 +32,11 @@ async def next_data(response: Any, timeout: float = 5.0, skip_heartbeats: bool =
         if skip_heartbeats and frame.startswith(b":"):
             continue
         return data_part(frame)
+
+
+async def open_live(port: int, world: Any, headers: Any = None) -> Any:
+    """A stream of ``world``'s run that answered 200 and has sent its snapshot (it is registered)."""
+    response = await open_request(port, world.events_path(), headers=headers)
+    assert response.status == 200
+    assert (await response.next_event())["type"] == "snapshot"
+    return response

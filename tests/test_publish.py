@@ -106,11 +106,6 @@ class TestIntoAServer:
     def settings(self, settings, redis_server):  # noqa: F811
         return settings.replace(redis_url=redis_server.url, retry_ms=0)
 
-    @pytest.fixture(autouse=True)
-    def close_revocations(self, context, io_loop):
-        yield
-        io_loop.run_sync(context.revocations.close)
-
     @pytest.mark.gen_test(timeout=30)
     async def test_an_event_from_a_worker_reaches_a_client_of_the_server(self, port, context, world, redis_server):  # noqa: F811
         response = await open_request(port, world.events_path())

@@ -14,6 +14,7 @@ import pytest
 from sentri.history import id_key
 from sentri.publish import RunEventPublisher
 
+from .frames import open_live
 from .redis_server import SentriProcess, instance_env, redis_server  # noqa: F401 (fixture)
 from .services import wait_until
 from .sseclient import open_request
@@ -41,17 +42,6 @@ def instance_b(settings, redis_server, tmp_path, world):  # noqa: F811
     process.stop()
 
 
-@pytest.fixture(autouse=True)
-def close_revocations(context, io_loop):
-    yield
-    io_loop.run_sync(context.revocations.close)
-
-
-async def open_live(port, world, headers=None):
-    response = await open_request(port, world.events_path(), headers=headers)
-    assert response.status == 200
-    assert (await response.next_event())["type"] == "snapshot"
-    return response
 
 
 def parse(frame):

@@ -12,6 +12,7 @@ import redis.asyncio
 
 from sentri.stream import CloseReason
 
+from .frames import open_live
 from .hubwatch import HubWatch
 from .redis_server import SentriProcess, instance_env, redis_server  # noqa: F401 (fixture)
 from .services import wait_until
@@ -42,17 +43,6 @@ def instance_b(settings, redis_server, tmp_path, world):  # noqa: F811
     process.stop()
 
 
-@pytest.fixture(autouse=True)
-def close_revocations(context, io_loop):
-    yield
-    io_loop.run_sync(context.revocations.close)
-
-
-async def open_live(port, world):
-    response = await open_request(port, world.events_path())
-    assert response.status == 200
-    assert (await response.next_event())["type"] == "snapshot"
-    return response
 
 
 @pytest.mark.gen_test(timeout=30)

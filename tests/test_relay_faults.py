@@ -11,25 +11,14 @@ import pytest
 
 from sentri.publish import RunEventPublisher
 
+from .frames import open_live
 from .redis_server import SentriProcess, instance_env, redis_not_started, redis_server  # noqa: F401 (fixtures)
 from .services import wait_until
-from .sseclient import open_request
 from .test_relay import CHANNEL, RELAY_CONNECTED, without_id
 
 FAST = {"relay_retry_max_s": 0.2, "retry_ms": 0, "heartbeat_interval_s": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def close_revocations(context, io_loop):
-    yield
-    io_loop.run_sync(context.revocations.close)
-
-
-async def open_live(port, world):
-    response = await open_request(port, world.events_path())
-    assert response.status == 200
-    assert (await response.next_event())["type"] == "snapshot"
-    return response
 
 
 def worker_emit(redis_url, message):

@@ -39,11 +39,6 @@ def settings(settings, redis_server):  # noqa: F811
     return settings.replace(redis_url=redis_server.url, retry_ms=0)
 
 
-@pytest.fixture(autouse=True)
-def close_revocations(context, io_loop):
-    yield
-    io_loop.run_sync(context.revocations.close)
-
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_revocation_closes_every_open_stream_of_that_token_within_a_second_and_only_those(
