@@ -264,7 +264,8 @@ class RedisBus(Bus):
         if supervisor is not None:
             # Cancel until it takes: redis-py can swallow a CancelledError mid-command (connect,
             # subscribe), and an unbounded ``await supervisor`` then hangs shutdown for good.
-            give_up = time.monotonic() + CLOSE_TIMEOUT_S
+            # Bounded by the session's own cleanup: its task waits, then three connection closes.
+            give_up = time.monotonic() + 4 * CLOSE_TIMEOUT_S
             supervisor.cancel()
             await asyncio.wait([supervisor], timeout=0.05)
             while not supervisor.done() and time.monotonic() < give_up:
@@ -333,22 +334,32 @@ class RedisBus(Bus):
                 task.result()  # raises the session's error
             raise ConnectionError("relay task ended")  # pragma: no cover - the tasks loop forever
         finally:
+            # close() cancels the supervisor again every 50 ms (redis-py can swallow a cancel);
+            # a second cancel must not cut this cleanup short, or tasks and sockets outlive it.
+            # The cleanup is bounded, so it is shielded and finished before the cancel goes on.
+            cleanup = asyncio.ensure_future(self._end_session(tasks, pubsub, subscriber, publisher))
+            while not cleanup.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(cleanup)
+
+    async def _end_session(self, tasks: List[asyncio.Task[None]], pubsub: Any, subscriber: Any,
+                           publisher: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # redis-py can swallow a CancelledError inside a command (seen in unsubscribe):
+            # the task then goes on to wait forever and a plain gather would hang shutdown.
+            # A second cancel lands at our own await; the waits are bounded either way.
+            give_up = time.monotonic() + CLOSE_TIMEOUT_S
+            _, pending = await asyncio.wait(tasks, timeout=0.05)
+            while pending and time.monotonic() < give_up:
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.05)
             for task in tasks:
-                task.cancel()
-            if tasks:
-                # redis-py can swallow a CancelledError inside a command (seen in unsubscribe):
-                # the task then goes on to wait forever and a plain gather would hang shutdown.
-                # A second cancel lands at our own await; the waits are bounded either way.
-                give_up = time.monotonic() + CLOSE_TIMEOUT_S
-                _, pending = await asyncio.wait(tasks, timeout=0.05)
-                while pending and time.monotonic() < give_up:
-                    for task in pending:
-                        task.cancel()
-                    _, pending = await asyncio.wait(pending, timeout=0.05)
-                for task in tasks:
-                    if task.done() and not task.cancelled():
-                        task.exception()  # retrieved: the session's error was already raised above
-            await self._close_quietly(pubsub.aclose(), subscriber.aclose(), publisher.aclose())  # type: ignore[no-untyped-call]
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: the session's error was already raised above
+        await self._close_quietly(pubsub.aclose(), subscriber.aclose(), publisher.aclose())
 
     @staticmethod
     async def _close_quietly(*closings: Any) -> None:
