@@ -95,6 +95,9 @@ class TestDownAtStart:
         expect_log("sentri.relay", r"relay cannot reach redis")
         expect_log("sentri.revocation", r"revocation check unavailable \(ConnectionError\)")  # accepted, not refused
         expect_log("sentri.resume", r"history unavailable, sending snapshots until it answers \(ConnectionError\)")
+        # A machine under load can make the just-started Redis miss a read deadline: the relay
+        # then reconnects (and says so once), which this scenario survives too.
+        expect_log("sentri.relay", r"relay lost redis at .*; reconnecting", required=False)
         redis_server = redis_not_started  # noqa: F811 - the same kind of server, started later
         instance_b = SentriProcess(instance_env(context.settings.database_url, redis_server.url, str(tmp_path),
                                                 SENTRI_RETRY_MS="0", SENTRI_HEARTBEAT_INTERVAL_S="0.2"))
