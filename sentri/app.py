@@ -13,17 +13,17 @@ from handlers.events import default_handlers as event_handlers
 from handlers.health import default_handlers as health_handlers
 from handlers.metrics import default_handlers as metrics_handlers
 from handlers.page import default_handlers as page_handlers
-from handlers.publish import default_handlers as publish_handlers
+from handlers.publish_api import default_handlers as publish_handlers
 
 from .bus import Bus
 from .config import Settings, SettingsError
 from .context import Context
+from .event_intake import Publisher
 from .history import History, history_for
 from .hub import Hub
 from .logs import log_request
 from .metrics import Metrics
 from .observers import ObserverFanOut
-from .publishing import Publisher
 from .revocation import make_revocations
 from .signing import ArtifactSigner
 from .store import Store, open_database

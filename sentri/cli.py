@@ -197,8 +197,8 @@ def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: s
 
     import redis
 
-    from .publish import RunEventPublisher
-    from .publishing import EVENT_TYPE_PATTERN, InvalidEventError
+    from .event_intake import EVENT_TYPE_PATTERN, InvalidEventError
+    from .worker_publisher import RunEventPublisher
 
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: there is no relay to publish to")

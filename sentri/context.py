@@ -7,9 +7,9 @@ from typing import Optional
 
 from .bus import Bus
 from .config import Settings
+from .event_intake import Publisher
 from .hub import Hub
 from .metrics import Metrics
-from .publishing import Publisher
 from .revocation import Revocations
 from .store import Store
 
@@ -25,4 +25,4 @@ class Context:
     draining: bool = False
     publish_token: Optional[str] = None
     metrics: Optional[Metrics] = None
-    publisher: Optional[Publisher] = None  # every publisher's way in (sentri.publishing); set by build_context
+    publisher: Optional[Publisher] = None  # every publisher's way in (sentri.event_intake); set by build_context

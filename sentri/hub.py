@@ -222,7 +222,7 @@ class Hub:
         return self._emit_here(run_id, *event)
 
     async def publish(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> Optional[str]:
-        """``emit`` for publishers that can wait (sentri.publishing); returns the event's id."""
+        """``emit`` for publishers that can wait (sentri.event_intake); returns the event's id."""
         event = self._encode(run_id, event_type, payload)
         if event is None:
             return None

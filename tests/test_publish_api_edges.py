@@ -16,7 +16,7 @@ import pytest
 from tornado.concurrent import Future
 from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine
 
-from handlers.publish import MethodAndPath
+from handlers.publish_api import MethodAndPath
 
 from .frames import next_data
 from .sseclient import open_request

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from sentri.history import id_key
-from sentri.publish import RunEventPublisher
+from sentri.worker_publisher import RunEventPublisher
 
 from .frames import open_live
 from .redis_server import SentriProcess, instance_env, redis_server  # noqa: F401 (fixture)

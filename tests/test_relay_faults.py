@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sentri.publish import RunEventPublisher
+from sentri.worker_publisher import RunEventPublisher
 
 from .frames import open_live
 from .redis_server import SentriProcess, instance_env, redis_not_started, redis_server  # noqa: F401 (fixtures)

@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 import tornado.web
 from tornado.routing import Matcher, PathMatches
 
-from sentri.publishing import InvalidEventError, prepare
+from sentri.event_intake import InvalidEventError, prepare
 
 from .base import ApiError, JsonHandler
 

@@ -9,7 +9,7 @@ an event loop).
 
 Durable logs: given a database (``DATABASE_URL``; ``sentri emit`` passes it when set), a
 ``log`` is checked, stamped and appended to ``run_logs`` and a ``done`` recorded on the run
-row before the event is published, as the server's publishers do (``sentri.publishing``).
+row before the event is published, as the server's publishers do (``sentri.event_intake``).
 Without one, the worker publishes only: the event is live and in Redis history, but a
 snapshot read later does not contain it (the producer stores it itself, as Node producers do).
 """
@@ -77,7 +77,7 @@ class RunEventPublisher:
                 payload: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[str], int]:
         """Store (with a database), then publish one event; returns (its id, receivers).
 
-        Raises ``sentri.publishing.InvalidEventError`` for an event a database would refuse.
+        Raises ``sentri.event_intake.InvalidEventError`` for an event a database would refuse.
         """
         body: Dict[str, Any] = dict(payload or {})
         if self._database is not None:
@@ -87,8 +87,8 @@ class RunEventPublisher:
         return script_result(self._script(keys=keys, args=args))
 
     def _store(self, run_id: str, event_type: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+        from .event_intake import LOG, prepare
         from .hub import DONE
-        from .publishing import LOG, prepare
         from .writes import append_log, finish_run
 
         body, level = prepare(event_type, payload)

@@ -1,4 +1,4 @@
-"""Producers outside the server: ``sentri.publish`` and ``sentri emit`` write the SPEC 1.6
+"""Producers outside the server: ``sentri.worker_publisher`` and ``sentri emit`` write the SPEC 1.6
 message that every instance relays, with only ``REDIS_URL`` to go on."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from sentri import publish
+from sentri import worker_publisher
 from sentri.models import Run, RunLog
-from sentri.publish import RunEventPublisher
+from sentri.worker_publisher import RunEventPublisher
 
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .sseclient import open_request
@@ -49,14 +49,14 @@ def test_a_worker_publishes_the_node_message_format_with_its_own_origin(redis_se
 
 def test_emit_uses_redis_url_from_the_environment_and_a_unique_worker_origin(redis_server, monkeypatch):  # noqa: F811
     monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setattr(publish, "_default", None)
+    monkeypatch.setattr(worker_publisher, "_default", None)
     subscriber = redis_server.client().pubsub()
     subscriber.subscribe("sentri:run:RUN-9")
     subscriber.get_message(timeout=5)
-    assert publish.emit("RUN-9", "log", {"message": "hi"}) == 1
+    assert worker_publisher.emit("RUN-9", "log", {"message": "hi"}) == 1
     data = subscriber.get_message(timeout=5)["data"]
     assert data.startswith(b'{"type":"log","message":"hi","_origin":"worker_')
-    publish._default.close()
+    worker_publisher._default.close()
     subscriber.close()
 
 
@@ -133,19 +133,19 @@ def test_the_plain_message_of_a_publisher_ends_with_its_origin_and_ignores_a_pay
 
 def test_emit_reuses_one_publisher_per_process(redis_server, monkeypatch):  # noqa: F811
     monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setattr(publish, "_default", None)
+    monkeypatch.setattr(worker_publisher, "_default", None)
     subscriber = redis_server.client().pubsub()
     subscriber.subscribe("sentri:run:RUN-9")
     subscriber.get_message(timeout=5)
     try:
-        assert publish.emit("RUN-9", "log", {"message": "one"}) == 1
-        first = publish._default
-        assert publish.emit("RUN-9", "log", {"message": "two"}) == 1
-        assert publish._default is first
+        assert worker_publisher.emit("RUN-9", "log", {"message": "one"}) == 1
+        first = worker_publisher._default
+        assert worker_publisher.emit("RUN-9", "log", {"message": "two"}) == 1
+        assert worker_publisher._default is first
         origins = [json.loads(subscriber.get_message(timeout=5)["data"])["_origin"].split("|")[0] for _ in range(2)]
         assert origins == [first.origin, first.origin]
     finally:
-        publish._default.close()
+        worker_publisher._default.close()
         subscriber.close()
 
 
