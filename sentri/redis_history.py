@@ -26,7 +26,9 @@ a run's history is bounded by its count and expiry.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 import redis.asyncio
 
@@ -99,6 +101,23 @@ def entries_of(rows: Optional[Sequence[Any]]) -> List[Tuple[Entry, str]]:
     return [entry_of(event_id, fields or {}) for event_id, fields in rows or ()]
 
 
+@contextlib.asynccontextmanager
+async def released_pipeline(client: Any, transaction: bool) -> AsyncIterator[Any]:
+    """A pipeline that gives its connection back to the pool on every exit.
+
+    redis-py's ``Pipeline.execute`` takes a connection for ``SCRIPT EXISTS`` (``load_scripts``,
+    when the pipeline holds scripts) before its own ``try``/``finally``: an error or a cancel
+    there (Redis unreachable, the relay's session ending) leaves the pipeline holding the
+    connection until the garbage collector finds it ("Unclosed client session"). The reset is
+    shielded so that a second cancel cannot cut it short either.
+    """
+    pipe = client.pipeline(transaction=transaction)
+    try:
+        yield pipe
+    finally:
+        await asyncio.shield(pipe.reset())
+
+
 class RedisHistory(History):
     """History read from the run streams; ids are assigned by the script, not here."""
 
@@ -123,10 +142,10 @@ class RedisHistory(History):
 
     async def replay_after(self, run_id: str, event_id: str) -> Optional[Replay]:
         key = stream_key(run_id)
-        pipe = self._client.pipeline(transaction=True)  # both reads see the same stream
-        pipe.xrange(key, event_id, event_id, count=1)
-        pipe.xrange(key, "(" + event_id, "+")
-        found, after = await pipe.execute()
+        async with released_pipeline(self._client, transaction=True) as pipe:  # both reads see one stream
+            pipe.xrange(key, event_id, event_id, count=1)
+            pipe.xrange(key, "(" + event_id, "+")
+            found, after = await pipe.execute()
         if not found:  # unknown, forged, trimmed away (older than history) or another run's
             return None
         return Replay([entry for entry, _ in entries_of(after)], client_has_done=entries_of(found)[0][0].ends_stream)
@@ -135,5 +154,5 @@ class RedisHistory(History):
         await self._client.aclose()
 
 
-__all__ = ["DELIVERED_HERE", "PUBLISH_SCRIPT", "PublishCall", "RedisHistory", "script_result", "split_origin",
-           "stream_key"]
+__all__ = ["DELIVERED_HERE", "PUBLISH_SCRIPT", "PublishCall", "RedisHistory", "released_pipeline", "script_result",
+           "split_origin", "stream_key"]

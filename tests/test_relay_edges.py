@@ -6,9 +6,11 @@ swallow their cancellation as redis-py sometimes does."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import time
+import warnings
 
 import pytest
 import redis.asyncio
@@ -155,6 +157,28 @@ async def test_a_relay_without_a_hub_keeps_events_from_before_start_and_publishe
     finally:
         await bus.close()
         await stop_listening(client, pubsub)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_publish_failing_before_its_pipeline_runs_gives_the_connection_back(redis_server, expect_log):  # noqa: F811
+    # redis-py sends SCRIPT EXISTS for a pipeline holding scripts before its own try/finally:
+    # any error there (here Redis refusing the command; in CI a Redis going away) used to leave
+    # the pipeline holding its connection until the collector warned "Unclosed client session".
+    expect_log("sentri.relay", r"relay lost redis at .*NoPermissionError")
+    client = redis_server.client()
+    client.execute_command("ACL", "SETUSER", "default", "-script|exists")
+    client.close()
+    bus = RedisBus(redis_server.url, INSTANCE, retry_max_s=0.05)
+    await bus.start()
+    assert await bus.wait_connected(5.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        publishing = bus.publish_event("RUN-1", b'{"type":"log","message":"refused"}', False)
+        await wait_until(lambda: bus.attempts >= 3, what="the session failing on the publish, twice")
+        await bus.close()
+        gc.collect()
+    assert [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)] == []
+    assert await publishing is None  # kept and delivered here, without an id, not lost
 
 
 @pytest.mark.parametrize("attached", [True, False], ids=["with a hub", "without a hub"])

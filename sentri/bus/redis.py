@@ -47,7 +47,15 @@ from redis.backoff import NoBackoff
 
 from .. import sse
 from ..history import id_key
-from ..redis_history import DELIVERED_HERE, PUBLISH_SCRIPT, PublishCall, entries_of, script_result, stream_key
+from ..redis_history import (
+    DELIVERED_HERE,
+    PUBLISH_SCRIPT,
+    PublishCall,
+    entries_of,
+    released_pipeline,
+    script_result,
+    stream_key,
+)
 from ..stream import CloseReason, Frame
 from . import Bus
 from . import messages as wire
@@ -403,16 +411,17 @@ class RedisBus(Bus):
             while self._outbox:
                 batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
                 self._outbox_bytes -= sum(len(item.data) for item in batch)
-                # One connection, one pipeline: Redis runs the scripts in this order.
-                pipe = publisher.pipeline(transaction=False)
-                for item in batch:
-                    if item.raw:
-                        pipe.publish(wire.run_channel(item.run_id), item.data)
-                    else:
-                        keys, args = self._publish_call(item.run_id, item.data, item.ends_stream, item.delivered_here)
-                        await script(keys=keys, args=args, client=pipe)
                 try:
-                    results = await pipe.execute()
+                    # One connection, one pipeline: Redis runs the scripts in this order.
+                    async with released_pipeline(publisher, transaction=False) as pipe:
+                        for item in batch:
+                            if item.raw:
+                                pipe.publish(wire.run_channel(item.run_id), item.data)
+                            else:
+                                keys, args = self._publish_call(item.run_id, item.data, item.ends_stream,
+                                                                item.delivered_here)
+                                await script(keys=keys, args=args, client=pipe)
+                        results = await pipe.execute()
                 except BaseException:
                     self._put_back(batch)
                     raise
@@ -448,11 +457,11 @@ class RedisBus(Bus):
         await asyncio.gather(*(self.wait_subscribed(run_id, CONNECT_TIMEOUT_S) for run_id in runs))
         for batch in _batches(runs, PUBLISH_BATCH):
             starts = [(run_id, self._oldest_known_id(run_id)) for run_id in batch]
-            pipe = publisher.pipeline(transaction=False)
-            for run_id, start in starts:
-                if start is not None:
-                    pipe.xrange(stream_key(run_id), "(" + start, "+")
-            answers = iter(await pipe.execute())
+            async with released_pipeline(publisher, transaction=False) as pipe:
+                for run_id, start in starts:
+                    if start is not None:
+                        pipe.xrange(stream_key(run_id), "(" + start, "+")
+                answers = iter(await pipe.execute())
             for run_id, start in starts:
                 rows = next(answers) if start is not None else []
                 self._repair(run_id, rows)
