@@ -2,7 +2,7 @@
 
 The handler is only an adapter: it authenticates, looks the run up (off the IOLoop), and
 either answers with a JSON error through Tornado or detaches the connection and gives its
-socket to an ``EventStream`` the hub owns from then on (SPEC 1.1).
+socket to an ``EventStream`` the hub owns from then on (docs/stream.md §2).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class LenientDecoding(JsonHandler):
     """Path and query values that are not UTF-8 name nothing; they are refused later, never a 400.
 
     Tornado answers such bytes with a 400 and a warning holding the whole URL, ``?token=``
-    included (SPEC 2.2). Decoded with U+FFFD instead, a run id fails RUN_ID_PATTERN (404, after
+    included (docs/settings.md §4). Decoded with U+FFFD instead, a run id fails RUN_ID_PATTERN (404, after
     authentication, as any unknown run) and a token fails verification (401).
     """
 
@@ -91,7 +91,7 @@ class RunEventsHandler(LenientDecoding):
         hub = self.context.hub
         stream = hub.reserve(run_id, identity.jti, self.request.remote_ip or "")
         if stream is not None:
-            # SPEC 2.1: subscribing is asynchronous; a done published before Redis confirms it
+            # docs/stream.md §3: subscribing is asynchronous; a done published before Redis confirms it
             # would be lost. Bounded: with Redis down or slow the stream proceeds unconfirmed.
             await self.context.bus.wait_subscribed(run_id, self.context.settings.relay_subscribe_timeout_s)
         # Reserved (live events held) before history is read, history before the database.
@@ -195,7 +195,7 @@ class RunEventsHandler(LenientDecoding):
 
 
 class LegacyPrefixRedirectHandler(LenientDecoding):
-    """``/api/...`` (not ``/api/v1/...``) -> 308 to ``/api/v1/...``, query string kept (SPEC 1.1)."""
+    """``/api/...`` (not ``/api/v1/...``) -> 308 to ``/api/v1/...``, query string kept (docs/endpoints.md §3)."""
 
     def _redirect(self) -> None:
         raw_path = self.request.path  # still percent-encoded, as the client sent it

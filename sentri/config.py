@@ -1,6 +1,6 @@
 """Every setting, declared once: name, type, default, unit and description.
 
-Names are the Node backend's where it has one (SPEC 1.8), so one environment file serves
+Names are the Node backend's where it has one (docs/settings.md §1), so one environment file serves
 both; settings new to this project are prefixed ``SENTRI_``. Each setting is also a
 command-line flag derived from its name (``SSE_MAX_WRITABLE_BYTES`` -> ``--sse-max-writable-bytes``,
 ``SENTRI_HEARTBEAT_INTERVAL_S`` -> ``--heartbeat-interval-s``). A flag beats the environment.

@@ -1,7 +1,7 @@
 """Graceful drain on SIGTERM/SIGINT: tell every client to come back, then end streams spread out.
 
 A restart that cut every stream at once would bring every browser back in the same second
-(SPEC 2.7). Instead the listening socket is closed first (nginx sends new streams to the
+(docs/stream.md §11). Instead the listening socket is closed first (nginx sends new streams to the
 other instances; ``/readyz`` says 503), each open stream gets a ``retry:`` hint with jitter,
 and the streams are ended one by one over ``SENTRI_DRAIN_WINDOW_S`` with
 ``CloseReason.DRAINED``, through ``EventStream.end`` so each chunked response ends cleanly

@@ -17,7 +17,7 @@ from .store import Store
 from .writes import LOG_LEVELS, append_log, finish_run, log_message
 
 LOG = "log"
-# ``done`` statuses a publisher may set: every run status but ``running`` (SPEC 1.2).
+# ``done`` statuses a publisher may set: every run status but ``running`` (docs/stream.md §6).
 FINISHED_STATUSES = ("completed", "completed_empty", "failed", "aborted", "interrupted")
 # Types are short lowercase words (``llm_token``): no control characters, nothing to inject.
 EVENT_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")

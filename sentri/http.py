@@ -1,7 +1,7 @@
 """The raw HTTP response head written before a stream's first frame.
 
 Streams leave Tornado once their request is checked, so the head is written here, in the
-same socket write as the snapshot. Headers are the Node route's (SPEC 1.1 step 4).
+same socket write as the snapshot. Headers are the Node route's (docs/stream.md §4).
 """
 
 from __future__ import annotations

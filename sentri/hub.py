@@ -133,7 +133,7 @@ class Hub:
             yield from list(streams)
 
     def reserve(self, run_id: str, jti: Optional[str] = None, client_ip: str = "") -> Optional[EventStream]:
-        """Register a pending listener before the run is read (SPEC 2.1), or None at the cap."""
+        """Register a pending listener before the run is read (docs/stream.md §3), or None at the cap."""
         streams = self.runs.get(run_id)
         if streams is None:
             streams = self.runs[run_id] = set()

@@ -1,6 +1,6 @@
 """Logging setup: plain or JSON lines, level from LOG_LEVEL, and an access log without secrets.
 
-Tornado's own access line holds the full URI, ``?token=`` included (SPEC 2.2), so the
+Tornado's own access line holds the full URI, ``?token=`` included (docs/settings.md §4), so the
 application logs the path without the query string instead.
 """
 

@@ -1,4 +1,4 @@
-"""The tables the Node backend created (SPEC 1.7), as peewee models, and their DDL.
+"""The tables the Node backend created (docs/database.md §3), as peewee models, and their DDL.
 
 Field names are the camelCase keys the Node API sends, on purpose: a run's field names are
 its JSON keys. Column names are the same words in lower case: PostgreSQL folds the Node
@@ -139,7 +139,7 @@ class RunLog(BaseModel):
 
 MODELS = (Workspace, WorkspaceMember, User, Project, Run, RunLog)
 
-# JSON text columns of a run (SPEC 1.3): the list ones read as [] when empty or unreadable,
+# JSON text columns of a run (docs/stream.md §7): the list ones read as [] when empty or unreadable,
 # the others as null.
 RUN_JSON_LIST_KEYS = ("tests", "results", "videoSegments", "pages")
 RUN_JSON_OBJECT_KEYS = (

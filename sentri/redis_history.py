@@ -9,7 +9,7 @@ run by Redis as a single step:
    run, so an id is never found in another run's stream (an id from another run means a
    snapshot, never that run's events), and the time part keeps ids increasing after a Redis
    that lost its data (a counter starting again at 1) comes back;
-2. ``PUBLISH sentri:run:<runId>`` the SPEC 1.6 message, with the id carried in
+2. ``PUBLISH sentri:run:<runId>`` the relay message (docs/relay.md §2-§3), with the id carried in
    ``"_origin":"<instance>|<id>"``: Node instances only compare ``_origin`` for equality and
    strip it, so their clients' bytes are unchanged;
 3. ``PEXPIRE`` the stream: SENTRI_HISTORY_DONE_TTL_S after a ``done``, else

@@ -1,4 +1,4 @@
-"""Revoked token ids (SPEC 1.4). Without Redis nothing is ever revoked here: the Node
+"""Revoked token ids (docs/auth.md §4). Without Redis nothing is ever revoked here: the Node
 backend shares revocations only through Redis, which ``RedisRevocations`` reads.
 
 Node revokes a token by setting ``sentri:revoked:<jti>`` (with a TTL) and publishing

@@ -1,4 +1,4 @@
-"""Signed artifact URLs (SPEC 1.5): ``p?token=<mac>&exp=<epoch ms>``.
+"""Signed artifact URLs (docs/auth.md §6): ``p?token=<mac>&exp=<epoch ms>``.
 
 ``mac`` is the unpadded base64url HMAC-SHA256 of ``p + ":" + exp`` under ``ARTIFACT_SECRET``.
 The stored row is never changed: signing works on the decoded copy sent to the client.

@@ -1,6 +1,6 @@
 """The wire format: Server-Sent Events frames as bytes. Pure functions, no I/O.
 
-Frames match the Node route byte for byte (SPEC 1.2): one ``data: <json>`` line and a blank
+Frames match the Node route byte for byte (docs/stream.md §5): one ``data: <json>`` line and a blank
 line, the event type inside the JSON, compact JSON with UTF-8 text, keys in insertion order,
 as JavaScript's ``JSON.stringify`` writes it.
 """

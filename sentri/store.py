@@ -186,7 +186,7 @@ def run_to_json(row: Dict[str, Any], logs: List[str]) -> Dict[str, Any]:
 
 
 def done_payload(run: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``done`` sent on connect to a finished run (SPEC 1.3), keys in the Node order."""
+    """The ``done`` sent on connect to a finished run (docs/stream.md §8), keys in the Node order."""
     done: Dict[str, Any] = {"type": "done", "status": run.get("status")}
     for key in ("passed", "failed", "total"):
         if run.get(key) is not None:
@@ -294,7 +294,7 @@ class Store:
 
     def open_stream_sync(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
                          include_snapshot: bool = True) -> StreamLookup:
-        """The checks of SPEC 1.1 and, when ``include_snapshot``, the snapshot (a resume skips it)."""
+        """The checks of docs/stream.md §2 and, when ``include_snapshot``, the snapshot (a resume skips it)."""
         workspace_id = self.resolve_workspace(user_id, claimed_workspace)
         if workspace_id is None:
             return StreamLookup(StreamOutcome.NO_WORKSPACE)

@@ -5,7 +5,7 @@ the stream owns the socket. Tornado's request, handler and IOStream objects (abo
 idle connection) are released; what stays is this object, the socket and one reader
 registration on the event loop. Writes go straight to ``socket.send``; only bytes the
 kernel would not take are kept, up to ``SSE_MAX_WRITABLE_BYTES``, past which the stream is
-cut so the client reconnects (SPEC 2.6). ``close()`` is the single exit: it unregisters the
+cut so the client reconnects (docs/stream.md §10). ``close()`` is the single exit: it unregisters the
 stream everywhere and closes the socket, once.
 """
 
@@ -108,7 +108,7 @@ class EventStream:
         self.opened_at = time.monotonic()
         self.sock: Optional[socket.socket] = None
         self.chunked = True
-        # Frames that arrive while the snapshot is being read wait here, so none is lost (SPEC 2.1).
+        # Frames that arrive while the snapshot is being read wait here, so none is lost (docs/stream.md §3).
         self.held: Optional[List[Frame]] = []
         self.held_bytes = 0
         self.unsent: Optional[Deque[Union[bytes, memoryview]]] = None

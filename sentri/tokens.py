@@ -1,7 +1,7 @@
-"""Sentri access tokens: HS256 JWTs (SPEC 1.4), read from a request and verified.
+"""Sentri access tokens: HS256 JWTs (docs/auth.md §1-§3), read from a request and verified.
 
 Verification is PyJWT's: the signature is compared in constant time, ``exp`` must be in the
-future, and the header's ``alg`` must be HS256 (the Node check ignores ``alg``; SPEC 2.5).
+future, and the header's ``alg`` must be HS256 (the Node check ignores ``alg``; docs/auth.md §2).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``emit(run_id, type, payload)`` publishes through the same Lua script as the server
 (``sentri.redis_history``): the event is added to the run's Redis stream (its id, kept for
-resume and gap repair) and the SPEC 1.6 message (the event's JSON with
+resume and gap repair) and the relay message of docs/relay.md §2 (the event's JSON with
 ``"_origin":"<worker>|<id>"`` last) goes out on ``sentri:run:<runId>``, so every Python and
 Node instance with listeners for the run delivers it. Synchronous (a worker is usually not
 an event loop).

@@ -1,6 +1,6 @@
 """Every log line of the test session, searched at the end for the secrets the tests used.
 
-SPEC 2.2: no token, cookie or signature in any log line. Unit tests of the redaction prove
+docs/settings.md §4: no token, cookie or signature in any log line. Unit tests of the redaction prove
 the patterns; this sweep proves the whole: every record logged in-process during the session
 (root logger at DEBUG, through the production formatter and redaction), plus the stderr
 files of every subprocess (``sentri serve``, nginx's error and access logs) that tests write

@@ -1,4 +1,4 @@
-"""Authentication and workspace resolution (SPEC 1.4): token sources, bad tokens, membership."""
+"""Authentication and workspace resolution (docs/auth.md §3, §5): token sources, bad tokens, membership."""
 
 from __future__ import annotations
 

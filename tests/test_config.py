@@ -24,6 +24,7 @@ from sentri.config import (
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- settings-reference:start -->"
 END = "<!-- settings-reference:end -->"
+# The settings named as the Node backend names them (docs/settings.md §2); every other one is SENTRI_.
 SPEC_NAMES = ("PORT", "DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ARTIFACT_SECRET", "ARTIFACT_TOKEN_TTL_MS",
               "CORS_ORIGIN", "LOG_JSON", "LOG_LEVEL", "SSE_MAX_LISTENERS_PER_RUN", "SSE_MAX_WRITABLE_BYTES")
 

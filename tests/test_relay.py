@@ -148,7 +148,7 @@ async def test_done_from_a_node_instance_ends_local_streams_and_unsubscribes(por
 @pytest.mark.gen_test(timeout=30)
 async def test_a_done_published_while_the_listener_is_being_registered_still_ends_its_stream(
         port, context, world, redis_server):  # noqa: F811
-    """SPEC 2.1: the run is read as running, but its done was published after the listener
+    """docs/stream.md §3: the run is read as running, but its done was published after the listener
     was reserved and before the lookup finished. The stream must still end with done."""
     assert await context.bus.wait_connected(5.0)
     delivered = asyncio.get_running_loop().create_future()

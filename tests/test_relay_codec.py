@@ -1,4 +1,4 @@
-"""The relay's pure parts: the message format (SPEC 1.6) and the reconnect backoff."""
+"""The relay's pure parts: the message format (docs/relay.md §2, §4) and the reconnect backoff."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token revocation through Redis (SPEC 1.4): a revoked jti is refused at connect, and its
+"""Token revocation through Redis (docs/auth.md §4): a revoked jti is refused at connect, and its
 open streams are closed within a second of the notice on ``sentri:token:revoked``."""
 
 from __future__ import annotations

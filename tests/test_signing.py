@@ -1,4 +1,4 @@
-"""Signed artifact URLs (SPEC 1.5), checked with the spec's algorithm written out independently."""
+"""Signed artifact URLs (docs/auth.md §6), checked with the documented algorithm written out independently."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ TTL_MS = 3_600_000
 
 
 def spec_mac(secret: str, path: str, expires_ms: int) -> str:
-    """SPEC 1.5, independently of sentri.signing: unpadded base64url HMAC-SHA256 of 'p:exp'."""
+    """docs/auth.md §6, independently of sentri.signing: unpadded base64url HMAC-SHA256 of 'p:exp'."""
     digest = hmac.new(secret.encode(), f"{path}:{expires_ms}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 

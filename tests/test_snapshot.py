@@ -1,4 +1,4 @@
-"""The snapshot frame (SPEC 1.3) and the done sent on connect to a finished run.
+"""The snapshot frame (docs/stream.md §7-§8) and the done sent on connect to a finished run.
 
 Every test here writes rows through the ``rows`` fixture, so the same tests run on SQLite and,
 under ``SENTRI_TEST_DATABASE_URL``, on PostgreSQL; and each runs twice: on tables this project

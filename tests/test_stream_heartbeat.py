@@ -1,4 +1,4 @@
-"""Heartbeats (SPEC 1.1 step 7) on a short interval: every open stream gets one per interval."""
+"""Heartbeats (docs/stream.md §9) on a short interval: every open stream gets one per interval."""
 
 from __future__ import annotations
 

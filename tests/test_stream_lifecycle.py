@@ -111,7 +111,7 @@ async def test_a_done_published_while_the_run_is_being_read_still_ends_the_strea
     try:
         request = asyncio.ensure_future(open_request(port, world.events_path()))
         await asyncio.wait_for(lookup_started.wait(), 5)
-        assert context.hub.listener_count("RUN-1") == 1  # registered before the read (SPEC 2.1)
+        assert context.hub.listener_count("RUN-1") == 1  # registered before the read (docs/stream.md §3)
         context.hub.emit("RUN-1", "done", {"status": "failed", "passed": 0})
         release_lookup.set()
         response = await request

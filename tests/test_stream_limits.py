@@ -1,4 +1,4 @@
-"""Bounds (SPEC 1.8, 2.6): listeners per run, and unsent bytes of a client that stops reading."""
+"""Bounds (docs/stream.md §10): listeners per run, and unsent bytes of a client that stops reading."""
 
 from __future__ import annotations
 

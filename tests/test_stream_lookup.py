@@ -1,4 +1,4 @@
-"""Which runs a caller may stream (SPEC 1.1 steps 2-3): exact 404 bodies, nothing left behind."""
+"""Which runs a caller may stream (docs/stream.md §2): exact 404 bodies, nothing left behind."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Producers outside the server: ``sentri.worker_publisher`` and ``sentri emit`` write the SPEC 1.6
-message that every instance relays, with only ``REDIS_URL`` to go on."""
+"""Producers outside the server: ``sentri.worker_publisher`` and ``sentri emit`` write the relay
+message (docs/relay.md §2) that every instance relays, with only ``REDIS_URL`` to go on."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class Bus:
         raise NotImplementedError("this bus does not assign ids")
 
     async def wait_subscribed(self, run_id: str, timeout_s: float) -> bool:
-        """Wait until messages for this run will reach this process (SPEC 2.1).
+        """Wait until messages for this run will reach this process (docs/stream.md §3).
 
         ``subscribe`` only asks; a ``done`` published before the broker acts on it would be
         lost, so a new listener waits for this (briefly) before the run is read.

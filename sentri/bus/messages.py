@@ -1,4 +1,4 @@
-"""The relay's message format (SPEC 1.6), shared by the server and worker publishers. Pure.
+"""The relay's message format (docs/relay.md §2), shared by the server and worker publishers. Pure.
 
 A message on ``sentri:run:<runId>`` is the event's JSON with one more key, ``_origin``, the
 publishing process's id, written last as the Node seed writes it

@@ -1,4 +1,4 @@
-"""The relay between instances through Redis pub/sub (SPEC 1.6), compatible with Node instances.
+"""The relay between instances through Redis pub/sub (docs/relay.md), compatible with Node instances.
 
 One subscriber connection per process, subscribed to ``sentri:run:<runId>`` exactly while
 the process has local listeners for that run, plus ``sentri:token:revoked``. The hub calls
@@ -222,7 +222,7 @@ class RedisBus(Bus):
             self._hub.deliver(run_id, Frame(sse.data_frame(event_json), ends_stream=ends_stream))
 
     async def wait_subscribed(self, run_id: str, timeout_s: float) -> bool:
-        """Wait until Redis confirmed the run's channel (SPEC 2.1); False when down or late."""
+        """Wait until Redis confirmed the run's channel (docs/stream.md §3); False when down or late."""
         channel = wire.run_channel(run_id)
         if channel in self._confirmed:
             return True
