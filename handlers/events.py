@@ -119,6 +119,8 @@ class RunEventsHandler(LenientDecoding):
         if stream is not None and stream.closed:  # closed while pending for another reason
             self.set_header("Retry-After", "1")
             raise ApiError(503, STREAM_CLOSED)
+        if plan.outcome is not None:
+            hub.observer.resume_outcome(plan.outcome)
         if plan.client_has_done:  # it has the run's done: 204 ends the browser's reconnect loop
             if stream is not None:
                 stream.close(CloseReason.DONE)

@@ -48,7 +48,7 @@ class HubObserver:
         """An event was emitted on this instance (before local delivery and relay)."""
 
     def resume_outcome(self, kind: str) -> None:
-        """A client sent Last-Event-ID; ``kind`` says how its resume went (called by the history code)."""
+        """A client sent Last-Event-ID; ``kind`` (``StartPlan.outcome``) says how it was answered."""
 
 
 class Hub:

@@ -72,6 +72,17 @@ class StartPlan:
             return None
         return self.replay.last_id or self.replay_from
 
+    @property
+    def outcome(self) -> Optional[str]:
+        """How a resume was answered (the ``sentri_resume_outcomes_total`` label); None: not asked."""
+        if not self.asked_to_resume:
+            return None
+        if self.client_has_done:
+            return "done"
+        if self.replays:
+            return "replayed"
+        return "snapshot" if self.history_answered else "history_unavailable"
+
     def headers(self) -> List[Tuple[str, str]]:
         if not self.asked_to_resume:
             return []

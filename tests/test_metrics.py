@@ -84,10 +84,6 @@ async def test_metrics_count_a_scripted_scenario_exactly(port, world, rows, cont
     done_frame = sse.event_frame({"type": "done", "status": "completed"})
     received_done = await first.next_frame()
     assert received_done.endswith(done_frame)
-    context.hub.observer.resume_outcome("replayed")
-    context.hub.observer.resume_outcome("replayed")
-    context.hub.observer.resume_outcome("too_old")
-
     samples = await scrape(port)
     assert value(samples, "sentri_streams_open") == 0
     assert value(samples, "sentri_streams_opened_total") == 3
@@ -98,8 +94,6 @@ async def test_metrics_count_a_scripted_scenario_exactly(port, world, rows, cont
     assert value(samples, "sentri_events_delivered_total") == 3
     assert value(samples, "sentri_stream_bytes_written_total") == sum(map(len, received_logs)) + len(received_done)
     assert value(samples, "sentri_heartbeats_total") == 0
-    assert value(samples, "sentri_resume_outcomes_total", outcome="replayed") == 2
-    assert value(samples, "sentri_resume_outcomes_total", outcome="too_old") == 1
     assert value(samples, "sentri_relay_connected") == 1
     assert value(samples, "sentri_relay_reconnects_total") == 0
 
@@ -123,3 +117,21 @@ async def test_heartbeats_counted_equal_the_heartbeats_the_client_received(port,
     samples = await scrape(port)
     assert value(samples, "sentri_heartbeats_total") == received
     assert value(samples, "sentri_stream_bytes_written_total") == received * len(sse.HEARTBEAT) + len(frames[-1])
+
+
+@pytest.mark.gen_test
+async def test_each_resume_is_counted_by_how_it_was_answered_and_a_plain_connect_is_not(port, world, context):
+    seen = context.hub.emit("RUN-1", "llm_token", {"token": "1"})
+    context.hub.emit("RUN-1", "llm_token", {"token": "2"})
+    plain = await open_request(port, world.events_path())
+    replayed = await open_request(port, world.events_path(), headers={"Last-Event-ID": seen})
+    forged = await open_request(port, world.events_path(), headers={"Last-Event-ID": "99999999999999-1"})
+    assert (replayed.headers["sentri-resume"], forged.headers["sentri-resume"]) == ("replay", "snapshot")
+    done = context.hub.emit("RUN-1", "done", {"status": "completed"})
+    finished = await open_request(port, world.events_path(), headers={"Last-Event-ID": done})
+    assert finished.status == 204
+    samples = await scrape(port)
+    counted = {key[1][0][1]: count for key, count in samples.items() if key[0] == "sentri_resume_outcomes_total"}
+    assert counted == {"replayed": 1, "snapshot": 1, "done": 1}
+    for response in (plain, replayed, forged):
+        response.close()

@@ -218,3 +218,16 @@ async def test_a_history_that_answers_again_after_an_outage_is_logged_once_as_av
     assert plan.history_answered and not history.unavailable
     await plan_start(history, "RUN-1", None)
     assert [r.getMessage() for r in caplog.records if r.name == "sentri.resume"] == ["history available again"]
+
+
+class UnreadableHistory(History):
+    async def done_id(self, run_id):
+        raise ConnectionError("history away")
+
+
+@pytest.mark.gen_test
+async def test_a_resume_while_history_cannot_be_read_is_answered_with_the_snapshot_and_says_why(expect_log):
+    expect_log("sentri.resume", r"history unavailable, sending snapshots until it answers \(ConnectionError\)")
+    asked = await plan_start(UnreadableHistory(), "RUN-1", "5-1")
+    assert (asked.replays, asked.outcome) == (False, "history_unavailable")
+    assert (await plan_start(UnreadableHistory(), "RUN-1", None)).outcome is None  # no resume asked
