@@ -85,8 +85,9 @@ class RunEventsHandler(LenientDecoding):
             raise ApiError(503, SHUTTING_DOWN)
         identity = await self.authenticate()
         if not RUN_ID_PATTERN.fullmatch(run_id):
-            # Still resolve the workspace: an invalid id must cost what a missing one costs.
-            await self.context.store.open_stream(identity.user_id, identity.workspace_id, "")
+            # Still resolve the workspace: an invalid id must cost what a missing one costs, and
+            # a user in no workspace gets its 403 first, as for any other id.
+            self._check(await self._look_up(identity, "", None), None)
             raise ApiError(404, RUN_NOT_FOUND)
         hub = self.context.hub
         stream = hub.reserve(run_id, identity.jti, self.request.remote_ip or "")
@@ -96,13 +97,7 @@ class RunEventsHandler(LenientDecoding):
             await self.context.bus.wait_subscribed(run_id, self.context.settings.relay_subscribe_timeout_s)
         # Reserved (live events held) before history is read, history before the database.
         plan = await plan_start(hub.history, run_id, self._last_event_id())
-        try:
-            lookup = await self.context.store.open_stream(identity.user_id, identity.workspace_id, run_id,
-                                                          include_snapshot=not plan.replays)
-        except Exception as error:
-            if stream is not None:
-                stream.close(CloseReason.REFUSED)
-            raise ApiError(503, DATABASE_UNAVAILABLE, f"stream lookup failed: {type(error).__name__}") from None
+        lookup = await self._look_up(identity, run_id, stream, include_snapshot=not plan.replays)
         try:
             self._check(lookup, stream)
         except ApiError:
@@ -141,6 +136,17 @@ class RunEventsHandler(LenientDecoding):
             hub.open(stream, head, plan.replayed_through, plan.known_through, lookup.snapshot_logs)
         else:
             hub.finish(stream, head)
+
+    async def _look_up(self, identity: Identity, run_id: str, stream: Optional[EventStream],
+                       include_snapshot: bool = True) -> StreamLookup:
+        """The run and its project, off the IOLoop; a database that fails is 503, not 500."""
+        try:
+            return await self.context.store.open_stream(identity.user_id, identity.workspace_id, run_id,
+                                                        include_snapshot=include_snapshot)
+        except Exception as error:
+            if stream is not None:
+                stream.close(CloseReason.REFUSED)
+            raise ApiError(503, DATABASE_UNAVAILABLE, f"stream lookup failed: {type(error).__name__}") from None
 
     def _check(self, lookup: StreamLookup, stream: Optional[EventStream]) -> None:
         if lookup.outcome is StreamOutcome.NO_WORKSPACE:

@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
+from .conftest import token_for
 from .sseclient import open_request
+from .test_stream_refusals import failing_lookup
 
 NOT_FOUND = b'{"error":"not found"}'
 AUTH_REQUIRED = b'{"error":"Authentication required."}'
@@ -138,3 +140,18 @@ async def test_other_methods_on_the_stream_path_are_refused_with_json_not_a_500(
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         status, body = await answer(port, world.events_path(), method=method)
         assert 400 <= status < 500 and body.startswith(b'{"error":'), (method, status, body)
+
+
+@pytest.mark.gen_test
+async def test_a_user_in_no_workspace_gets_the_403_for_a_malformed_run_id_too(port, world, rows):
+    loner = rows.user(id="USR-9")
+    path = f"/api/v1/runs/RUN-%FF/events?token={token_for(loner)}"
+    assert await answer(port, path) == (
+        403, b'{"error":"You are not a member of any workspace. Please contact your administrator."}')
+
+
+@pytest.mark.gen_test
+async def test_a_malformed_run_id_while_the_database_fails_is_503_not_a_500(port, world, context, monkeypatch,
+                                                                          expect_log):
+    failing_lookup(context, monkeypatch, expect_log, run_id="RUN-%FF")
+    assert await answer(port, world.events_path("RUN-%FF")) == (503, b'{"error":"database unavailable"}')

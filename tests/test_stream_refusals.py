@@ -4,6 +4,7 @@ database failing, a drain starting, or the client leaving while the run is read.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 
@@ -16,11 +17,11 @@ from sentri.stream import CloseReason
 from .sseclient import open_request
 
 
-def failing_lookup(context, monkeypatch, expect_log):  # type: ignore[no-untyped-def]
+def failing_lookup(context, monkeypatch, expect_log, run_id="RUN-1"):  # type: ignore[no-untyped-def]
     # The cause is logged (the token redacted), never sent to the client.
-    expect_log("tornado.general",
-               r"^503 GET /api/v1/runs/RUN-1/events\?token=\[redacted\] .*: stream lookup failed: OperationalError$")
-    expect_log("sentri.access", r"GET /api/v1/runs/RUN-1/events 503$")
+    path = re.escape(f"/api/v1/runs/{run_id}/events")
+    expect_log("tornado.general", rf"^503 GET {path}\?token=\[redacted\] .*: stream lookup failed: OperationalError$")
+    expect_log("sentri.access", rf"GET {path} 503$")
     # A database that fails on this one query: stopping the shared server would break
     # every other engineer's run, and a private one takes seconds to start.
     async def open_stream(*args, **kwargs):  # type: ignore[no-untyped-def]
