@@ -32,8 +32,8 @@ _CONTAINERS = (dict, list, tuple)
 class TooDeepError(ValueError):
     """JSON nested deeper than the bound; the message names the bound, never the input."""
 
-    def __init__(self, max_depth: int = MAX_DEPTH) -> None:
-        super().__init__(f"JSON nested deeper than {max_depth} levels")
+    def __init__(self, max_depth: int = MAX_DEPTH, bound: str = "") -> None:
+        super().__init__(f"JSON nested deeper than {bound or f'{max_depth} levels'}")
         self.max_depth = max_depth
 
 
@@ -95,7 +95,7 @@ def loads(data: Union[str, bytes, bytearray], max_depth: int = MAX_DEPTH) -> Any
     try:
         return json.loads(text)
     except RecursionError:  # only reachable with a max_depth beyond what the parser can do
-        raise TooDeepError(max_depth) from None
+        raise TooDeepError(max_depth, "json.loads can read") from None
 
 
 def too_deep(value: Any, max_depth: int = MAX_DEPTH) -> bool:

@@ -58,6 +58,11 @@ def test_a_depth_the_plain_parser_cannot_reach_is_refused_by_the_bound_too(shape
         jsontext.loads(SHAPES[shape](500))
 
 
+def test_a_bound_beyond_what_the_parser_can_reach_still_gives_too_deep_not_recursion_error():
+    with pytest.raises(TooDeepError, match=r"\AJSON nested deeper than json.loads can read\Z"):
+        jsontext.loads(deep_array(DEPTH), max_depth=1_000_000)
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting():
     text = json.dumps({"message": "[" * 1000 + '\\"{' * 500, "list": [["]]]]"]]})
     assert jsontext.text_depth(text) == 3
