@@ -1,8 +1,10 @@
 """Parsing JSON that comes from outside the process (HTTP bodies, Redis, database columns, CLI).
 
 ``json.loads`` recurses once per level of nesting: a body of 100,000 ``[`` makes it raise
-``RecursionError``, which no caller expects from a parser, and a value a few thousand levels
-deep that does parse blows up later, in ``json.dumps`` or in any recursive walk. So every
+``RecursionError``, which no caller expects from a parser, and how deep a value may be and
+still parse, or be encoded again later (``json.dumps``, the pure-Python encoder of
+``sentri.sse.dumps_js``, a recursive walk), depends on the Python version and on how deep the
+stack already is. So every
 parse of untrusted text goes through ``loads`` here: anything nested deeper than
 ``MAX_DEPTH`` levels of arrays and objects raises ``TooDeepError``, a ``ValueError``, so each
 caller's existing "not valid JSON" path takes it. Events are held to the same bound
