@@ -67,6 +67,7 @@ def test_brackets_inside_strings_do_not_count_as_nesting():
     text = json.dumps({"message": "[" * 1000 + '\\"{' * 500, "list": [["]]]]"]]})
     assert jsontext.text_depth(text) == 3
     assert jsontext.loads(text)["list"] == [["]]]]"]]
+    assert jsontext.loads(b'"' + b"[{" * 100 + b'"') == "[{" * 100
 
 
 def test_bytes_are_read_as_json_loads_reads_them_and_bad_ones_stay_value_errors():
