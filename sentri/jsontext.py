@@ -4,10 +4,9 @@
 ``RecursionError``, which no caller expects from a parser, and how deep a value may be and
 still parse, or be encoded again later (``json.dumps``, the pure-Python encoder of
 ``sentri.sse.dumps_js``, a recursive walk), depends on the Python version and on how deep the
-stack already is. So every
-parse of untrusted text goes through ``loads`` here: anything nested deeper than
-``MAX_DEPTH`` levels of arrays and objects raises ``TooDeepError``, a ``ValueError``, so each
-caller's existing "not valid JSON" path takes it. Events are held to the same bound
+stack already is. So every parse of untrusted text goes through ``loads`` here: anything
+nested deeper than ``MAX_DEPTH`` levels of arrays and objects raises ``TooDeepError``, a
+``ValueError``, so each caller's existing "not valid JSON" path takes it. Events are held to the same bound
 (``too_deep``) wherever they are published, so whatever one instance accepts, every other
 instance can read back and re-encode.
 """
