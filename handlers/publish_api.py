@@ -6,19 +6,19 @@ With no token configured the endpoint does not exist: 404, the same answer as an
 path, so an unconfigured server does not advertise it.
 
 Checks, in order, each with its own JSON error: token (401), declared body size (413, before
-a byte of the body is read), body size as read (413), JSON (400), object (400), type and
-payload (400), run (404).
+a byte of the body is read), body size as read (413), JSON (400), nesting at most
+``sentri.jsontext.MAX_DEPTH`` levels (400), object (400), type and payload (400), run (404).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any, List, Optional
 
 import tornado.web
 from tornado.routing import Matcher, PathMatches
 
+from sentri import jsontext
 from sentri.event_intake import InvalidEventError, prepare
 
 from .base import ApiError, JsonHandler
@@ -28,6 +28,7 @@ TOKEN_REQUIRED = {"error": "publish token required"}
 TOKEN_INVALID = {"error": "invalid publish token"}
 NOT_JSON = {"error": "body is not valid JSON"}
 NOT_AN_OBJECT = {"error": "body must be a JSON object"}
+TOO_DEEP = {"error": f"body must not nest arrays and objects more than {jsontext.MAX_DEPTH} levels deep"}
 DATABASE_UNAVAILABLE = {"error": "database unavailable", "retryAfter": 1}
 RUN_NOT_FOUND = {"error": "run not found"}
 
@@ -92,8 +93,10 @@ class PublishEventHandler(JsonHandler):
         if self._too_large:
             raise ApiError(413, too_large(limit))
         try:
-            body = json.loads(b"".join(self._body))
-        except (ValueError, UnicodeDecodeError):
+            body = jsontext.loads(b"".join(self._body))
+        except jsontext.TooDeepError:
+            raise ApiError(400, TOO_DEEP) from None
+        except ValueError:  # a bad byte (UnicodeDecodeError) included
             raise ApiError(400, NOT_JSON) from None
         if not isinstance(body, dict):
             raise ApiError(400, NOT_AN_OBJECT)

@@ -193,10 +193,9 @@ def token(settings: Settings, user_id: str, workspace: Optional[str], lifetime_s
 
 
 def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: str) -> int:
-    import json
-
     import redis
 
+    from . import jsontext
     from .event_intake import EVENT_TYPE_PATTERN, InvalidEventError
     from .worker_publisher import RunEventPublisher
 
@@ -205,7 +204,10 @@ def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: s
     if not EVENT_TYPE_PATTERN.fullmatch(event_type):
         raise SettingsError("TYPE must be a short lowercase word (a-z, 0-9, _; at most 32 characters)")
     try:
-        payload = json.loads(payload_json)
+        payload = jsontext.loads(payload_json)
+    except jsontext.TooDeepError:
+        raise SettingsError(f"JSON: the payload must not nest arrays and objects more than {jsontext.MAX_DEPTH} "
+                            "levels deep") from None
     except ValueError:
         raise SettingsError("JSON: the payload is not valid JSON") from None
     if not isinstance(payload, dict):

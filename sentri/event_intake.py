@@ -13,6 +13,7 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .hub import DONE, Hub
+from .jsontext import MAX_DEPTH, too_deep
 from .store import Store
 from .writes import LOG_LEVELS, append_log, finish_run, log_message
 
@@ -29,6 +30,13 @@ class InvalidEventError(ValueError):
     """An event a publisher may not send; the message is safe to show the publisher."""
 
 
+def check_depth(payload: Mapping[str, Any]) -> None:
+    """Refuse an event nested deeper than every instance's relay and history read back
+    (``sentri.jsontext.MAX_DEPTH``); the event object itself is the first level."""
+    if too_deep(payload):
+        raise InvalidEventError(f"an event must not nest arrays and objects more than {MAX_DEPTH} levels deep")
+
+
 def prepare(event_type: str, payload: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
     """Check an event and put it in its published form; returns (payload, log level or None).
 
@@ -38,6 +46,7 @@ def prepare(event_type: str, payload: Mapping[str, Any]) -> Tuple[Dict[str, Any]
     if not EVENT_TYPE_PATTERN.fullmatch(event_type):
         raise InvalidEventError("type must be a short lowercase word (a-z, 0-9, _; at most 32 characters)")
     body = {key: value for key, value in payload.items() if key not in ("type", "_origin")}
+    check_depth(body)
     level: Optional[str] = None
     if event_type == LOG:
         message = body.get("message")
@@ -73,4 +82,4 @@ class Publisher:
         return await self.publish(run_id, LOG, {"message": text, "level": level})
 
 
-__all__ = ["FINISHED_STATUSES", "InvalidEventError", "Publisher", "prepare"]
+__all__ = ["FINISHED_STATUSES", "InvalidEventError", "Publisher", "check_depth", "prepare"]

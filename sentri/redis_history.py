@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 import redis.asyncio
 
+from . import jsontext
 from .bus import messages as wire
 from .history import Entry, History, Replay
 
@@ -40,6 +42,8 @@ SEQUENCE_KEY = "sentri:events:seq"
 DELIVERED_HERE = wire.DELIVERED_HERE
 split_origin = wire.split_origin
 HISTORY_TIMEOUT_S = 1.0
+
+log = logging.getLogger("sentri.history")
 
 PUBLISH_SCRIPT = """
 local now = redis.call('TIME')
@@ -126,6 +130,8 @@ class RedisHistory(History):
     def __init__(self, redis_url: str, timeout_s: float = HISTORY_TIMEOUT_S) -> None:
         self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
             redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # Entries nested deeper than any publisher of this project writes are not replayed.
+        self.too_deep = jsontext.DeepInputLog(log, "a history entry from redis")
 
     async def _newest(self, run_id: str) -> Optional[Entry]:
         rows = await self._client.xrevrange(stream_key(run_id), "+", "-", count=1)
@@ -148,7 +154,10 @@ class RedisHistory(History):
             found, after = await pipe.execute()
         if not found:  # unknown, forged, trimmed away (older than history) or another run's
             return None
-        return Replay([entry for entry, _ in entries_of(after)], client_has_done=entries_of(found)[0][0].ends_stream)
+        entries = [entry for entry, _ in entries_of(after)]
+        kept = [entry for entry in entries if not jsontext.nests_deeper(entry.data)]
+        self.too_deep.ignored(len(entries) - len(kept))
+        return Replay(kept, client_has_done=entries_of(found)[0][0].ends_stream)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -13,6 +13,8 @@ import re
 from decimal import Decimal
 from typing import Any, Iterator, Optional
 
+from . import jsontext
+
 HEARTBEAT = b": heartbeat\n\n"
 
 # Lone UTF-16 surrogates cannot be written as UTF-8; JSON.stringify (ES2019) escapes them.
@@ -107,8 +109,8 @@ def log_message_of(frame: bytes) -> Optional[str]:
     for line in frame.split(b"\n"):
         if line.startswith(b"data: "):
             try:
-                event = json.loads(line[len(b"data: "):])
-            except ValueError:
+                event = jsontext.loads(line[len(b"data: "):])
+            except ValueError:  # relayed frames come from other processes: too deep included
                 return None
             message = event.get("message") if isinstance(event, dict) and event.get("type") == "log" else None
             return message if isinstance(message, str) else None

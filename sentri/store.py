@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from . import sse
+from . import jsontext, sse
 from .config import SettingsError
 from .models import (
     MODELS,
@@ -164,8 +163,8 @@ def decode_json_column(raw: Any, default: Any) -> Any:
     if not isinstance(raw, str):
         return raw
     try:
-        return json.loads(raw)
-    except ValueError:
+        return jsontext.loads(raw)
+    except ValueError:  # not JSON, or nested too deep to encode again (jsontext.TooDeepError)
         return default
 
 

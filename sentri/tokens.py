@@ -55,7 +55,9 @@ def verify(token: str, secret: str, is_revoked: Callable[[str], bool] = lambda j
             options={"require": ["exp", "sub"], "verify_aud": False, "verify_iat": False,
                      "verify_sub": False, "verify_jti": False},
         )
-    except (jwt.PyJWTError, ValueError, TypeError):
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+        # PyJWT parses the header (before the signature is checked) and the claims with
+        # json.loads, which cannot parse JSON nested thousands of levels deep: not a token.
         return None
     subject = claims.get("sub")
     jti = claims.get("jti")

@@ -77,9 +77,13 @@ class RunEventPublisher:
                 payload: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[str], int]:
         """Store (with a database), then publish one event; returns (its id, receivers).
 
-        Raises ``sentri.event_intake.InvalidEventError`` for an event a database would refuse.
+        Raises ``sentri.event_intake.InvalidEventError`` for an event a database would refuse,
+        and for one nested deeper than the instances read (with or without a database).
         """
+        from .event_intake import check_depth
+
         body: Dict[str, Any] = dict(payload or {})
+        check_depth(body)
         if self._database is not None:
             body = self._store(run_id, event_type, body)
         event_json = wire.encode_event(event_type, body)

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-from .. import sse
+from .. import jsontext, sse
 
 RUN_CHANNEL_PREFIX = "sentri:run:"
 TOKEN_REVOKED_CHANNEL = "sentri:token:revoked"  # noqa: S105 - a channel name, not a secret
@@ -70,10 +70,15 @@ def decode_relayed(message: bytes, own_origin: str) -> Optional[Relayed]:
     already ``JSON.stringify`` output, so cutting that tail off yields exactly the bytes a
     Node instance would send (its re-stringify is then the identity, numbers like ``1e-7``
     included, which Python's encoder would write differently). Anything else is re-encoded.
+
+    Raises ``jsontext.TooDeepError`` for a message nested deeper than ``jsontext.MAX_DEPTH``
+    (no publisher of this project sends one): the caller ignores it too, and says so once.
     """
     try:
-        event = json.loads(message)
-    except (ValueError, UnicodeDecodeError):
+        event = jsontext.loads(message)
+    except jsontext.TooDeepError:
+        raise
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
         return None
     if not isinstance(event, dict):
         return None
@@ -110,8 +115,8 @@ def _without_origin_tail(message: bytes, origin: Any) -> Optional[bytes]:
     if start <= 0 or not body.endswith(b"}"):
         return None
     try:
-        tail_value = json.loads(body[start + len(_ORIGIN_TAIL):-1])
-    except (ValueError, UnicodeDecodeError):
+        tail_value = jsontext.loads(body[start + len(_ORIGIN_TAIL):-1])
+    except ValueError:
         return None
     kept = body[:start] + b"}"
     # Only compact single-line JSON may be passed through: a raw line break would split the

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set
@@ -45,7 +44,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .. import sse
+from .. import jsontext, sse
 from ..history import id_key
 from ..redis_history import (
     DELIVERED_HERE,
@@ -163,7 +162,9 @@ class RedisBus(Bus):
         self.published = 0
         self.dropped = 0
         self.received = 0
-        self.ignored = 0
+        self.ignored = 0  # messages not delivered: not a run channel, not an event, own echo, too deep
+        # Input nested deeper than any publisher of this project writes: a warning the first time.
+        self._too_deep = jsontext.DeepInputLog(log, "a message from redis")
         self.caught_up = 0  # events delivered by gap repair after a reconnect
         #: Called with (jti, exp) for each revocation notice, before the streams are closed.
         self.revocation_callbacks: List[Callable[[str, Optional[float]], None]] = []
@@ -475,6 +476,9 @@ class RedisBus(Bus):
         for entry, origin in entries_of(rows):
             if origin == self._delivered_here_origin:
                 continue  # published late by this instance: its listeners had it at once
+            if jsontext.nests_deeper(entry.data):  # not written by a publisher of this project
+                self._ignore_too_deep()
+                continue
             self.caught_up += 1
             self._hub.deliver(run_id, Frame(sse.data_frame(entry.data, entry.event_id),
                                             ends_stream=entry.ends_stream, event_id=entry.event_id))
@@ -531,9 +535,17 @@ class RedisBus(Bus):
         for channel in channels:
             self._replies_due[channel] = self._replies_due.get(channel, 0) + 1
 
+    def _ignore_too_deep(self) -> None:
+        self.ignored += 1
+        self._too_deep.ignored()
+
     def _on_run_message(self, channel: Optional[str], data: Any) -> None:
         run_id = wire.run_id_of(channel or "")
-        relayed = wire.decode_relayed(data, self.instance_id) if isinstance(data, bytes) else None
+        try:
+            relayed = wire.decode_relayed(data, self.instance_id) if isinstance(data, bytes) else None
+        except jsontext.TooDeepError:
+            self._ignore_too_deep()
+            return
         if run_id is None or relayed is None or self._hub is None:
             self.ignored += 1  # not a run channel, not an event, or our own echo
             return
@@ -547,8 +559,11 @@ class RedisBus(Bus):
 
     def _on_token_revoked(self, data: Any) -> None:
         try:
-            notice = json.loads(data)
-        except (TypeError, ValueError, UnicodeDecodeError):
+            notice = jsontext.loads(data)
+        except jsontext.TooDeepError:
+            self._ignore_too_deep()
+            return
+        except (TypeError, ValueError):  # not text, not JSON, not UTF-8
             notice = None
         jti = notice.get("jti") if isinstance(notice, dict) else None
         if not isinstance(jti, str) or not jti:
