@@ -185,3 +185,31 @@ def test_sentri_emit_refuses_an_invalid_agent_event_and_neither_stores_nor_publi
         2, b"", b"sentri: an agent_event needs phase: one of start, progress, finding, handoff, done\n")
     assert history(redis_server) == []
     assert stored_rows(context) == []
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_the_run_page_shows_the_agents_narrative_from_the_snapshot_and_as_it_grows(port, world, context):
+    from .browser import chromium, open_page
+    from .test_browser import assert_clean, page_url
+
+    await context.publisher.publish("RUN-1", "agent_event", {
+        "step": 1, "agent": "planner", "phase": "start", "message": "Planning <b>3</b> tests",
+        "createdAt": "2026-01-01T00:00:01.000Z"})
+    async with chromium() as browser, open_page(browser, page_url(port, "RUN-1", world.token)) as page:
+        await page.wait_for_connection("live")
+        await context.publisher.publish("RUN-1", "agent_event", {
+            "step": 1, "agent": "planner", "phase": "handoff", "message": "Over to triage", "nextAgent": "triage"})
+        await context.publisher.publish("RUN-1", "agent_event", {
+            "step": 2, "agent": "triage", "phase": "finding", "message": "TC-2 is flaky", "data": {"testId": "TC-2"}})
+        await page.page.wait_for_function("count => document.querySelectorAll('#agents li').length >= count",
+                                          arg=3, timeout=10_000)
+        rows = await page.page.eval_on_selector_all("#agents li", """items => items.map(i => [
+            i.querySelector('.agent-name').textContent, i.querySelector('.agent-phase').textContent,
+            i.querySelector('.agent-message').textContent,
+            i.querySelector('.agent-next') ? i.querySelector('.agent-next').textContent : null])""")
+        assert rows == [["planner", "start", "Planning <b>3</b> tests", None],
+                        ["planner", "handoff", "Over to triage", "\u2192 triage"],
+                        ["triage", "finding", "TC-2 is flaky", None]]
+        assert await page.page.is_visible("#agents-section")
+        await page.screenshot("agent_events")
+        assert_clean(page)
