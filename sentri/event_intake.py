@@ -14,14 +14,13 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .hub import DONE, Hub
-from .models import AGENT_PHASES
+from .models import AGENT_EVENT_FRAME_FIELDS, AGENT_PHASES
 from .store import Store
 from .writes import LOG_LEVELS, append_agent_event, append_log, finish_run, fits_integer_column, iso_now, log_message
 
 LOG = "log"
 AGENT_EVENT = "agent_event"
-# The agent_event frame's fields, in the newer Node backend's order (after ``type``).
-AGENT_EVENT_FIELDS = ("step", "agent", "phase", "message", "data", "nextAgent", "model", "createdAt")
+AGENT_EVENT_FIELDS = AGENT_EVENT_FRAME_FIELDS
 # ``new Date().toISOString()``, the form createdAt is stored and compared in.
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 # ``done`` statuses a publisher may set: every run status but ``running`` (SPEC 1.2).

@@ -163,6 +163,8 @@ class RunAgentEvent(BaseModel):
 MODELS = (Workspace, WorkspaceMember, User, Project, Run, RunLog)
 AGENT_EVENTS_TABLE = RunAgentEvent._meta.table_name
 AGENT_PHASES = ("start", "progress", "finding", "handoff", "done")
+# An agent_event frame's fields after ``type``, in the newer Node backend's order.
+AGENT_EVENT_FRAME_FIELDS = ("step", "agent", "phase", "message", "data", "nextAgent", "model", "createdAt")
 
 # JSON text columns of a run (SPEC 1.3): the list ones read as [] when empty or unreadable,
 # the others as null. Besides SPEC 1.3's, the ones a newer Node backend parses (each only

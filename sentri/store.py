@@ -26,6 +26,7 @@ from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 from . import sse
 from .config import SettingsError
 from .models import (
+    AGENT_EVENT_FRAME_FIELDS,
     AGENT_EVENTS_TABLE,
     CAMEL_BY_FOLDED,
     MODELS,
@@ -45,7 +46,8 @@ from .signing import ArtifactSigner
 
 T = TypeVar("T")
 
-# How many of a snapshot's newest log lines are remembered to drop live duplicates of them.
+# How many of a snapshot's newest log lines (and agent events) are remembered to drop live
+# duplicates of them.
 SNAPSHOT_LOG_TAIL = 256
 
 SQLITE_PRAGMAS = (
@@ -159,8 +161,9 @@ class StreamLookup:
     status: Optional[str] = None
     snapshot_json: bytes = b""
     done_json: bytes = b""
-    # The newest log lines the snapshot holds: a log stored after the history position was
-    # read is in the snapshot AND among the held live frames; the hub drops that second copy.
+    # The newest log lines (and agent events' frame keys) the snapshot holds: one stored after
+    # the history position was read is in the snapshot AND among the held live frames; the hub
+    # drops that second copy.
     snapshot_logs: FrozenSet[str] = frozenset()
 
     @property
@@ -294,6 +297,12 @@ def with_logs(run: Dict[str, Any], logs: List[str]) -> Dict[str, Any]:
     if "logs" not in run:
         run["logs"] = logs
     return run
+
+
+def agent_event_frame_key(row: Dict[str, Any]) -> str:
+    """The key of the live frame a stored agent event was streamed as (``sse.log_message_of``)."""
+    event = {"type": "agent_event", **{key: row.get(key) for key in AGENT_EVENT_FRAME_FIELDS}}
+    return sse.agent_event_key(sse.dumps_js(event))
 
 
 def done_payload(run: Dict[str, Any]) -> Dict[str, Any]:
@@ -433,9 +442,11 @@ class Store:
             return StreamLookup(StreamOutcome.PROJECT_NOT_FOUND, workspace_id)
         logs = self.log_messages(run_id) if include_snapshot else []
         run = with_logs(row.to_json(logs), logs)
+        held_keys = logs[-SNAPSHOT_LOG_TAIL:]
         if include_snapshot:
             if self.has_agent_events:  # {...run, logs, agentEvents}: in that column's place, else last
-                run["agentEvents"] = self.agent_events(run_id)
+                events = run["agentEvents"] = self.agent_events(run_id)
+                held_keys = held_keys + [agent_event_frame_key(event) for event in events[-SNAPSHOT_LOG_TAIL:]]
             self.signer.sign_run(run, now_ms=int(time.time() * 1000))
         status = run.get("status")
         return StreamLookup(
@@ -444,7 +455,7 @@ class Store:
             status=status if isinstance(status, str) else None,
             snapshot_json=sse.to_utf8(sse.dumps_js({"type": "snapshot", "run": run})) if include_snapshot else b"",
             done_json=b"" if status == "running" else sse.to_utf8(sse.dumps_js(done_payload(run))),
-            snapshot_logs=frozenset(logs[-SNAPSHOT_LOG_TAIL:]),
+            snapshot_logs=frozenset(held_keys),
         )
 
     async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str,

@@ -213,3 +213,35 @@ async def test_the_run_page_shows_the_agents_narrative_from_the_snapshot_and_as_
         assert await page.page.is_visible("#agents-section")
         await page.screenshot("agent_events")
         assert_clean(page)
+
+
+@pytest.mark.gen_test
+async def test_an_agent_event_stored_during_the_snapshot_read_is_not_sent_again_live(port, world, context):
+    import asyncio
+    import threading
+
+    from sentri.event_intake import agent_event_body
+    from sentri.writes import append_agent_event
+
+    loop = asyncio.get_running_loop()
+    original = context.store.open_stream_sync
+    emitted = threading.Event()
+    racing = agent_event_body({key: value for key, value in FULL.items() if key != "type"})
+
+    def lookup_racing_a_producer(*args, **kwargs):
+        # Stored and published after this stream's history position was read, before its
+        # snapshot is: the event is in the snapshot's agentEvents and arrives live too.
+        append_agent_event("RUN-1", racing)
+        loop.call_soon_threadsafe(lambda: (context.hub.emit("RUN-1", "agent_event", racing), emitted.set()))
+        emitted.wait(5)
+        return original(*args, **kwargs)
+
+    context.store.open_stream_sync = lookup_racing_a_producer
+    response = await open_request(port, world.events_path())
+    context.store.open_stream_sync = original
+
+    snapshot = await response.next_event()
+    assert [event["message"] for event in snapshot["run"]["agentEvents"]] == [FULL["message"]]
+    later = {**racing, "step": 3, "createdAt": "2026-01-01T00:00:03.000Z"}
+    context.hub.emit("RUN-1", "agent_event", later)
+    assert json.loads((await next_data(response))[6:]) == {"type": "agent_event", **later}
