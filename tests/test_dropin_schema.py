@@ -208,3 +208,19 @@ def test_values_node_postgres_hands_over_as_strings_or_dates_are_sent_so():
     row = shape.to_json(["RUN-1", 2**40, decimal.Decimal("1.50"), moment, datetime.date(2026, 1, 2), '{"a":1}'])
     assert row == {"id": "RUN-1", "bigcount": str(2**40), "amount": "1.50", "seenat": "2026-01-01T00:02:03.456Z",
                    "day": "2026-01-02", "gateResult": {"a": 1}}
+
+
+@pytest.mark.parametrize("columns, keys", [
+    (["id", "logs", "status"], ["id", "logs", "status"]),  # {...run, logs}: the column's place
+    (["id", "status"], ["id", "status", "logs"]),  # no such column: last
+])
+def test_logs_go_where_javascripts_spread_puts_them(columns, keys):
+    from sentri.models import RUN_JSON_LIST_KEYS, RUN_JSON_OBJECT_KEYS
+    from sentri.store import with_logs
+
+    shape = RowShape.of([(name, None) for name in columns], "sqlite", RUN_JSON_LIST_KEYS, RUN_JSON_OBJECT_KEYS,
+                        legacy_logs=True)
+    values = {"id": "RUN-1", "logs": '["legacy"]', "status": "running"}
+    run = with_logs(shape.to_json([values[name] for name in columns], ["[t] stored"]), ["[t] stored"])
+    assert list(run) == keys
+    assert run["logs"] == ["[t] stored"]
