@@ -19,7 +19,7 @@ from sentri.http import stream_head
 from sentri.resume import StartPlan, plan_start, requested_id, retry_ms
 from sentri.store import StreamLookup, StreamOutcome
 from sentri.stream import CloseReason, EventStream
-from sentri.tokens import Identity, extract_token, verify
+from sentri.tokens import Identity, token_candidates, verify
 
 from .base import ApiError, JsonHandler
 
@@ -59,15 +59,24 @@ class RunEventsHandler(LenientDecoding):
         self._client_gone = True
 
     async def authenticate(self) -> Identity:
-        token = extract_token(
+        """The first source whose token is valid; a missing or invalid one falls through (docs/auth.md §3).
+
+        As the Node middleware's strategies: cookie, then Bearer, then ``?token=``, each checked
+        in full (signature, expiry, revocation) before the next is tried; 401 when none is valid.
+        """
+        candidates = token_candidates(
             self.get_cookie,
             self.request.headers.get("Authorization"),
             self._query_token(),
         )
-        identity = verify(token, self.context.settings.jwt_secret) if token else None
-        if identity is None or (identity.jti and await self.context.revocations.is_revoked(identity.jti)):
-            raise ApiError(401, AUTH_REQUIRED)
-        return identity
+        for token in candidates:
+            identity = verify(token, self.context.settings.jwt_secret)
+            if identity is None:
+                continue
+            if identity.jti and await self.context.revocations.is_revoked(identity.jti):
+                continue
+            return identity
+        raise ApiError(401, AUTH_REQUIRED)
 
     def _query_token(self) -> Optional[str]:
         # Tornado answers 400 for a query value that is not UTF-8; here it is a bad token: 401.

@@ -1,10 +1,11 @@
 """Publishing an event, the one way every publisher of this project goes (HTTP API, Python).
 
 A ``log`` is stored in ``run_logs`` (next ``seq`` for the run) before it is fanned out, so a
-snapshot read after the event holds it; a ``done`` updates the run row (status, counters,
-``finishedAt``, ``duration``) before it ends the streams. The database work runs on a
-database thread (``Store.run``), never on the IOLoop. Then the hub gives the event its id,
-delivers it and relays it.
+snapshot read after the event holds it; an ``agent_event`` likewise in ``run_agent_events``
+(where a newer Node backend created that table; elsewhere it is only fanned out); a ``done``
+updates the run row (status, counters, ``finishedAt``, ``duration``) before it ends the streams.
+The database work runs on a database thread (``Store.run``), never on the IOLoop. Then the hub
+gives the event its id, delivers it and relays it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .hub import DONE, Hub
 from .jsontext import MAX_DEPTH, too_deep
+from .models import AGENT_EVENT_FRAME_FIELDS, AGENT_PHASES
 from .store import Store
-from .writes import LOG_LEVELS, append_log, finish_run, log_message
+from .writes import LOG_LEVELS, append_agent_event, append_log, finish_run, fits_integer_column, iso_now, log_message
 
 LOG = "log"
+AGENT_EVENT = "agent_event"
+AGENT_EVENT_FIELDS = AGENT_EVENT_FRAME_FIELDS
+# ``new Date().toISOString()``, the form createdAt is stored and compared in.
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 # ``done`` statuses a publisher may set: every run status but ``running`` (docs/stream.md §6).
 FINISHED_STATUSES = ("completed", "completed_empty", "failed", "aborted", "interrupted")
 # Types are short lowercase words (``llm_token``): no control characters, nothing to inject.
@@ -58,7 +64,44 @@ def prepare(event_type: str, payload: Mapping[str, Any]) -> Tuple[Dict[str, Any]
         body["message"] = message if _STAMPED.match(message) else log_message(message)
     elif event_type == DONE and body.get("status") not in FINISHED_STATUSES:
         raise InvalidEventError("a done event needs a status: " + ", ".join(FINISHED_STATUSES))
+    elif event_type == AGENT_EVENT:
+        body = agent_event_body(body)
     return body, level
+
+
+def agent_event_body(body: Mapping[str, Any]) -> Dict[str, Any]:
+    """An ``agent_event`` checked and in its stored and streamed form (``createdAt`` stamped if absent)."""
+    unknown = [key for key in body if key not in AGENT_EVENT_FIELDS]
+    if unknown:
+        raise InvalidEventError("an agent_event has no field " + ", ".join(sorted(unknown)) + "; its fields are: "
+                                + ", ".join(AGENT_EVENT_FIELDS))
+    step = body.get("step")
+    if not fits_integer_column(step):
+        raise InvalidEventError(f"an agent_event needs step: an integer from 0 to {2**31 - 1}")
+    for key in ("agent", "message"):
+        if not isinstance(body.get(key), str):
+            raise InvalidEventError(f"an agent_event needs {key}: a string")
+    if not body["agent"]:
+        raise InvalidEventError("an agent_event needs agent: a non-empty string")
+    if body.get("phase") not in AGENT_PHASES:
+        raise InvalidEventError("an agent_event needs phase: one of " + ", ".join(AGENT_PHASES))
+    for key in ("nextAgent", "model"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise InvalidEventError(f"an agent_event's {key} must be a string or null")
+    created_at = body.get("createdAt")
+    if created_at is not None and not (isinstance(created_at, str) and _ISO_TIME.fullmatch(created_at)):
+        raise InvalidEventError("an agent_event's createdAt must be an ISO-8601 UTC time "
+                                "(2026-01-01T00:00:00.000Z) or left out")
+    return {
+        "step": step,
+        "agent": body["agent"],
+        "phase": body["phase"],
+        "message": body["message"],
+        "data": body.get("data"),
+        "nextAgent": body.get("nextAgent"),
+        "model": body.get("model"),
+        "createdAt": created_at or iso_now(),
+    }
 
 
 class Publisher:
@@ -76,10 +119,12 @@ class Publisher:
             await self.store.run(lambda: append_log(run_id, message, log_level))
         elif event_type == DONE:
             await self.store.run(lambda: finish_run(run_id, body))
+        elif event_type == AGENT_EVENT and self.store.has_agent_events:
+            await self.store.run(lambda: append_agent_event(run_id, body))
         return await self.hub.publish(run_id, event_type, body)
 
     async def log(self, run_id: str, text: str, level: str = "info") -> Optional[str]:
         return await self.publish(run_id, LOG, {"message": text, "level": level})
 
 
-__all__ = ["FINISHED_STATUSES", "InvalidEventError", "Publisher", "check_depth", "prepare"]
+__all__ = ["AGENT_EVENT", "FINISHED_STATUSES", "InvalidEventError", "Publisher", "check_depth", "prepare"]

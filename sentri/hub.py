@@ -150,8 +150,8 @@ class Hub:
 
         ``replayed_through``: the id of the last event ``head`` replayed from history; held
         frames up to it were in the replay and are dropped, so none is sent twice.
-        ``snapshot_logs``: log lines the snapshot in ``head`` holds; a held ``log`` frame with one
-        of them was stored before the snapshot was read, so the client has it already.
+        ``snapshot_logs``: log lines (and agent events' keys) the snapshot in ``head`` holds; a held
+        frame with one of them was stored before the snapshot was read, so the client has it already.
         ``snapshot_id``: the id the snapshot in ``head`` carries; frames relayed after the
         held ones with an id up to it are not sent (with Redis, history can be ahead of pub/sub).
         """

@@ -22,17 +22,27 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
 access_log = logging.getLogger("sentri.access")
 
 
+# The Node backend's JSON line starts with these, in this order (docs/settings.md §4); a record's own
+# fields come after them and never replace them.
+NODE_FIELDS = ("ts", "level", "runId", "msg")
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line with the Node backend's field names (level, time, msg)."""
+    """One JSON object per line: Node's ``ts``, ``level``, ``runId`` (when known), ``msg``, then ours."""
 
     def format(self, record: logging.LogRecord) -> str:
+        fields: Dict[str, Any] = getattr(record, "fields", None) or {}
         entry: Dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower().replace("warning", "warn"),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "msg": record.getMessage(),
-            "logger": record.name,
         }
-        entry.update(getattr(record, "fields", {}) or {})
+        if fields.get("runId") is not None:  # Node leaves runId out when there is none
+            entry["runId"] = fields["runId"]
+        entry["msg"] = record.getMessage()
+        entry["logger"] = record.name
+        for key, value in fields.items():
+            if key not in NODE_FIELDS:
+                entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = record.exc_info[0].__name__
         return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))

@@ -137,11 +137,39 @@ class RunLog(BaseModel):
         table_name = "run_logs"
 
 
+class RunAgentEvent(BaseModel):
+    """A newer Node backend's narrative of a run's agents (one row per step and phase).
+
+    Not in ``MODELS``: this project never creates the table. Where it exists (the newer
+    backend created it), agent events are stored there and snapshots carry ``agentEvents``;
+    where it does not, snapshots keep the older shape.
+    """
+
+    id = peewee.AutoField()
+    runId = text("runId")
+    step = integer("step")
+    agent = text("agent")
+    phase = text("phase")
+    message = text("message")
+    data = text("data")
+    nextAgent = text("nextAgent")
+    model = text("model")
+    createdAt = text("createdAt")
+
+    class Meta:
+        table_name = "run_agent_events"
+
+
 MODELS = (Workspace, WorkspaceMember, User, Project, Run, RunLog)
+AGENT_EVENTS_TABLE = RunAgentEvent._meta.table_name
+AGENT_PHASES = ("start", "progress", "finding", "handoff", "done")
+# An agent_event frame's fields after ``type``, in the newer Node backend's order.
+AGENT_EVENT_FRAME_FIELDS = ("step", "agent", "phase", "message", "data", "nextAgent", "model", "createdAt")
 
 # JSON text columns of a run (docs/stream.md §7): the list ones read as [] when empty or unreadable,
-# the others as null.
-RUN_JSON_LIST_KEYS = ("tests", "results", "videoSegments", "pages")
+# the others as null. Besides those, the ones a newer Node backend parses (each only
+# when the table has it: a column the table lacks never becomes a key).
+RUN_JSON_LIST_KEYS = ("tests", "results", "videoSegments", "pages", "rootCauses")
 RUN_JSON_OBJECT_KEYS = (
     "testQueue",
     "generateInput",
@@ -149,7 +177,29 @@ RUN_JSON_OBJECT_KEYS = (
     "pipelineStats",
     "feedbackLoop",
     "qualityAnalytics",
+    "gateResult",
+    "webVitalsResult",
+    "changedPages",
+    "removedPages",
+    "changedFiles",
+    "impactAnalysis",
+    "githubCheck",
+    "tracePaths",
+    "coverageSummary",
+    "shardCoverageSummaries",
+    "changedFileRanges",
+    "prCoverageDiff",
 )
+
+# PostgreSQL folds the Node backend's unquoted camelCase column names to lower case. As the
+# Node PostgreSQL adapter does, a folded name in this list is sent in its camelCase form; any
+# other name is sent as the database gives it.
+KNOWN_CAMEL_NAMES = tuple(sorted(
+    {field.name for model in (*MODELS, RunAgentEvent) for field in model._meta.sorted_fields}
+    | set(RUN_JSON_LIST_KEYS) | set(RUN_JSON_OBJECT_KEYS)
+    | {"secretScanBlocked", "budgetMinutes", "environmentId", "shardCount", "shardsCompleted", "agentEvents"}
+))
+CAMEL_BY_FOLDED = {name.lower(): name for name in KNOWN_CAMEL_NAMES if name != name.lower()}
 
 
 def _ddl_type(field: peewee.Field, dialect: str) -> str:

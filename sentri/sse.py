@@ -102,14 +102,29 @@ def event_frame(event: Any, event_id: Optional[str] = None) -> bytes:
     return data_frame(to_utf8(dumps_js(event)), event_id)
 
 
+# A snapshot's agent event and its live frame are matched by the frame's JSON text, prefixed so
+# that it can never equal a log line.
+AGENT_EVENT_KEY_PREFIX = "\x00agent_event:"
+
+
+def agent_event_key(event_json: str) -> str:
+    return AGENT_EVENT_KEY_PREFIX + event_json
+
+
 def log_message_of(frame: bytes) -> Optional[str]:
-    """The ``message`` of a ``log`` event frame, else None (read only when a stream opens)."""
-    if b'"type":"log"' not in frame:
+    """The ``message`` of a ``log`` event frame, or an ``agent_event`` frame's key (its JSON text),
+    else None: what a snapshot may already hold (read only when a stream opens)."""
+    is_log = b'"type":"log"' in frame
+    if not is_log and b'"type":"agent_event"' not in frame:
         return None
     for line in frame.split(b"\n"):
         if line.startswith(b"data: "):
+            text = line[len(b"data: "):]
+            if not is_log:
+                return agent_event_key(text.decode("utf-8", "replace")) if text.startswith(
+                    b'{"type":"agent_event",') else None
             try:
-                event = jsontext.loads(line[len(b"data: "):])
+                event = jsontext.loads(text)
             except ValueError:  # relayed frames come from other processes: too deep included
                 return None
             message = event.get("message") if isinstance(event, dict) and event.get("type") == "log" else None

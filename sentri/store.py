@@ -9,6 +9,8 @@ on the loop thread would share one connection and one transaction across corouti
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import enum
 import os
 import time
@@ -23,11 +25,15 @@ from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 from . import jsontext, sse
 from .config import SettingsError
 from .models import (
+    AGENT_EVENT_FRAME_FIELDS,
+    AGENT_EVENTS_TABLE,
+    CAMEL_BY_FOLDED,
     MODELS,
     RUN_JSON_LIST_KEYS,
     RUN_JSON_OBJECT_KEYS,
     Project,
     Run,
+    RunAgentEvent,
     RunLog,
     Workspace,
     WorkspaceMember,
@@ -39,7 +45,8 @@ from .signing import ArtifactSigner
 
 T = TypeVar("T")
 
-# How many of a snapshot's newest log lines are remembered to drop live duplicates of them.
+# How many of a snapshot's newest log lines (and agent events) are remembered to drop live
+# duplicates of them.
 SNAPSHOT_LOG_TAIL = 256
 
 SQLITE_PRAGMAS = (
@@ -111,6 +118,11 @@ def execute_sql(database: Any, sql: str) -> None:
     database.execute_sql(sql)
 
 
+def execute_query(database: Any, query: Any) -> Any:
+    """``Database.execute``: the query's cursor (peewee's stubs leave it untyped)."""
+    return database.execute(query)
+
+
 def tuples(query: Any) -> List[Tuple[Any, ...]]:
     """A query's rows as tuples (peewee's stubs type the rows as model instances)."""
     return list(query.tuples())
@@ -148,8 +160,9 @@ class StreamLookup:
     status: Optional[str] = None
     snapshot_json: bytes = b""
     done_json: bytes = b""
-    # The newest log lines the snapshot holds: a log stored after the history position was
-    # read is in the snapshot AND among the held live frames; the hub drops that second copy.
+    # The newest log lines (and agent events' frame keys) the snapshot holds: one stored after
+    # the history position was read is in the snapshot AND among the held live frames; the hub
+    # drops that second copy.
     snapshot_logs: FrozenSet[str] = frozenset()
 
     @property
@@ -168,20 +181,127 @@ def decode_json_column(raw: Any, default: Any) -> Any:
         return default
 
 
-def run_to_json(row: Dict[str, Any], logs: List[str]) -> Dict[str, Any]:
-    """The Node API's run object: camelCase keys in table order, JSON columns decoded."""
-    run: Dict[str, Any] = {}
-    for key, value in row.items():
-        if key in RUN_JSON_LIST_KEYS:
-            run[key] = decode_json_column(value, [])
-        elif key in RUN_JSON_OBJECT_KEYS:
-            run[key] = decode_json_column(value, None)
-        elif key == "logs":
-            legacy = decode_json_column(value, [])
-            run[key] = logs if logs else (legacy if isinstance(legacy, list) else [])
-        else:
-            run[key] = value
+# How a column's value becomes the snapshot's: as the driver gives it, or JSON text decoded.
+RAW, JSON_LIST, JSON_OBJECT, LEGACY_LOGS, PG_TEXT = range(5)
+# PostgreSQL types node-postgres hands over as strings (int8, numeric): so does the snapshot.
+_PG_TEXT_TYPE_CODES = frozenset({20, 1700})
+# Distinct row shapes remembered per table; a shape only changes when a migration runs.
+_MAX_SHAPES = 16
+
+
+def column_key(name: str, dialect: str) -> str:
+    """A column's key in the Node API's object: folded PostgreSQL names back to camelCase."""
+    return CAMEL_BY_FOLDED.get(name, name) if dialect == "postgres" else name
+
+
+def js_value(value: Any) -> Any:
+    """A column value the JSON encoder cannot write, as node-postgres and JSON.stringify write it."""
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc)
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+_PLAIN_TYPES = (str, int, float, list, dict, type(None))
+
+
+@dataclass(frozen=True)
+class RowShape:
+    """One shape of a table's rows (its columns in table order) and how each becomes a key.
+
+    Computed once per shape (``ShapeCache``), then applied to every row of that shape: every
+    column is kept, in its table position; the known JSON columns are decoded.
+    """
+
+    keys: Tuple[str, ...]
+    kinds: Tuple[int, ...]
+
+    @classmethod
+    def of(cls, columns: Sequence[Tuple[str, Any]], dialect: str, json_lists: Sequence[str] = (),
+           json_objects: Sequence[str] = (), legacy_logs: bool = False) -> RowShape:
+        keys: List[str] = []
+        kinds: List[int] = []
+        for name, type_code in columns:
+            key = column_key(name, dialect)
+            keys.append(key)
+            if key in json_lists:
+                kinds.append(JSON_LIST)
+            elif key in json_objects:
+                kinds.append(JSON_OBJECT)
+            elif legacy_logs and key == "logs":
+                kinds.append(LEGACY_LOGS)
+            elif dialect == "postgres" and type_code in _PG_TEXT_TYPE_CODES:
+                kinds.append(PG_TEXT)
+            else:
+                kinds.append(RAW)
+        return cls(tuple(keys), tuple(kinds))
+
+    def to_json(self, values: Sequence[Any], logs: Optional[List[str]] = None) -> Dict[str, Any]:
+        """A row as the Node API's object; ``logs`` (run_logs lines) replaces the legacy column."""
+        row: Dict[str, Any] = {}
+        for key, kind, value in zip(self.keys, self.kinds, values):
+            if kind == RAW:
+                row[key] = value if isinstance(value, _PLAIN_TYPES) else js_value(value)
+            elif kind == JSON_LIST:
+                row[key] = decode_json_column(value, [])
+            elif kind == JSON_OBJECT:
+                row[key] = decode_json_column(value, None)
+            elif kind == LEGACY_LOGS:
+                legacy = decode_json_column(value, [])
+                row[key] = logs if logs else (legacy if isinstance(legacy, list) else [])
+            else:
+                row[key] = None if value is None else str(value)
+        return row
+
+
+@dataclass(frozen=True)
+class ShapedRow:
+    """A row as read (values in table order) with its shape."""
+
+    shape: RowShape
+    values: Tuple[Any, ...]
+
+    def to_json(self, logs: Optional[List[str]] = None) -> Dict[str, Any]:
+        return self.shape.to_json(self.values, logs)
+
+
+class ShapeCache:
+    """Row shapes by the cursor's columns: a migration (a new column) makes a new entry."""
+
+    def __init__(self, dialect: str, **rules: Any) -> None:
+        self.dialect = dialect
+        self.rules = rules
+        self._shapes: Dict[Tuple[Tuple[str, Any], ...], RowShape] = {}
+
+    def shape(self, description: Sequence[Sequence[Any]]) -> RowShape:
+        columns = tuple((column[0], column[1]) for column in description)
+        shape = self._shapes.get(columns)
+        if shape is None:
+            shape = RowShape.of(columns, self.dialect, **self.rules)
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            self._shapes[columns] = shape
+        return shape
+
+
+def with_logs(run: Dict[str, Any], logs: List[str]) -> Dict[str, Any]:
+    """``{...run, logs}``: in the ``logs`` column's place (decoded there), else last."""
+    if "logs" not in run:
+        run["logs"] = logs
     return run
+
+
+def agent_event_frame_key(row: Dict[str, Any]) -> str:
+    """The key of the live frame a stored agent event was streamed as (``sse.log_message_of``)."""
+    event = {"type": "agent_event", **{key: row.get(key) for key in AGENT_EVENT_FRAME_FIELDS}}
+    return sse.agent_event_key(sse.dumps_js(event))
 
 
 def done_payload(run: Dict[str, Any]) -> Dict[str, Any]:
@@ -203,19 +323,23 @@ class Store:
         self.database = database
         self.signer = signer
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sentri-db")
-        self._run_fields: Sequence[peewee.Field] = Run._meta.sorted_fields
+        dialect = dialect_of(database)
+        self._run_shapes = ShapeCache(dialect, json_lists=RUN_JSON_LIST_KEYS, json_objects=RUN_JSON_OBJECT_KEYS,
+                                      legacy_logs=True)
+        self._agent_event_shapes = ShapeCache(dialect, json_objects=("data",))
+        # Whether the newer Node backend's run_agent_events table exists (learnt once, in bind).
+        self.has_agent_events = False
         # Told how long each ``run`` took, queueing included (the metrics' lookup histogram).
         self.timing: Callable[[float], None] = lambda seconds: None
         self.shared_reads = SharedReads()
 
     def bind(self) -> None:
-        """Point the models at this database and learn which run columns the table has."""
+        """Point the models at this database and learn whether the agent events table exists."""
         database_proxy.initialize(self.database)
         ensure_schema(self.database)
         with self.database.connection_context():
-            present = {column.name.lower() for column in self.database.get_columns("runs")}
-        # A table created by an older Node backend may lack newer columns: read what is there.
-        self._run_fields = [field for field in Run._meta.sorted_fields if field.column_name in present]
+            # The snapshot's shape depends on it: detected once, not per request.
+            self.has_agent_events = AGENT_EVENTS_TABLE in self.database.get_tables()
 
     async def run(self, work: Callable[[], T]) -> T:
         """Run ``work`` on a database thread with a connection of its own."""
@@ -260,36 +384,49 @@ class Store:
         )
         return str(first[0]) if first is not None else None
 
-    def find_run_in_workspace(self, run_id: str, workspace_id: str) -> Tuple[Optional[Dict[str, Any]], bool]:
-        """The live run row and whether its project is live in the workspace, in one query.
+    def find_run_in_workspace(self, run_id: str, workspace_id: str) -> Tuple[Optional[ShapedRow], bool]:
+        """The live run row (``SELECT *``: every column) and whether its project is live in the workspace.
 
         One indexed query answers both "no such run" and "run of another workspace", so the two
-        cost the same and a caller cannot tell them apart by timing.
+        cost the same and a caller cannot tell them apart by timing. The row is every column of
+        the table in table order, as the Node backend's ``SELECT *`` gives it.
         """
-        project = Project.alias("p")
-        row = (
-            Run.select(*self._run_fields, project.id.alias("_project_id"))
+        runs, project = Run.alias("r"), Project.alias("p")
+        query = (
+            runs.select(peewee.SQL('"r".*'), project.id.alias("_project_id"))
             .join(
                 project,
                 peewee.JOIN.LEFT_OUTER,
                 on=(
-                    (project.id == Run.projectId)
+                    (project.id == runs.projectId)
                     & (project.workspaceId == workspace_id)
                     & project.deletedAt.is_null()
                 ),
             )
-            .where((Run.id == run_id) & Run.deletedAt.is_null())
-            .dicts()
-            .first()
+            .where((runs.id == run_id) & runs.deletedAt.is_null())
+            .limit(1)
         )
-        if row is None:
+        cursor = execute_query(self.database, query)
+        values = cursor.fetchone()
+        if values is None:
             return None, False
-        in_workspace = row.pop("_project_id") is not None
-        return row, in_workspace
+        shape = self._run_shapes.shape(cursor.description[:-1])
+        return ShapedRow(shape, tuple(values[:-1])), values[-1] is not None
 
     def log_messages(self, run_id: str) -> List[str]:
         query = RunLog.select(RunLog.message).where(RunLog.runId == run_id).order_by(RunLog.seq, RunLog.id)
         return [message for (message,) in tuples(query)]
+
+    def agent_events(self, run_id: str) -> List[Dict[str, Any]]:
+        """The run's rows of ``run_agent_events``, every column in table order, ``data`` decoded."""
+        query = (
+            RunAgentEvent.select(peewee.SQL("*"))
+            .where(RunAgentEvent.runId == run_id)
+            .order_by(RunAgentEvent.createdAt, RunAgentEvent.id)
+        )
+        cursor = execute_query(self.database, query)
+        shape = self._agent_event_shapes.shape(cursor.description)
+        return [shape.to_json(values) for values in cursor.fetchall()]
 
     def open_stream_sync(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
                          include_snapshot: bool = True) -> StreamLookup:
@@ -303,8 +440,12 @@ class Store:
         if not in_workspace:
             return StreamLookup(StreamOutcome.PROJECT_NOT_FOUND, workspace_id)
         logs = self.log_messages(run_id) if include_snapshot else []
-        run = run_to_json(row, logs)
+        run = with_logs(row.to_json(logs), logs)
+        held_keys = logs[-SNAPSHOT_LOG_TAIL:]
         if include_snapshot:
+            if self.has_agent_events:  # {...run, logs, agentEvents}: in that column's place, else last
+                events = run["agentEvents"] = self.agent_events(run_id)
+                held_keys = held_keys + [agent_event_frame_key(event) for event in events[-SNAPSHOT_LOG_TAIL:]]
             self.signer.sign_run(run, now_ms=int(time.time() * 1000))
         status = run.get("status")
         return StreamLookup(
@@ -313,7 +454,7 @@ class Store:
             status=status if isinstance(status, str) else None,
             snapshot_json=sse.to_utf8(sse.dumps_js({"type": "snapshot", "run": run})) if include_snapshot else b"",
             done_json=b"" if status == "running" else sse.to_utf8(sse.dumps_js(done_payload(run))),
-            snapshot_logs=frozenset(logs[-SNAPSHOT_LOG_TAIL:]),
+            snapshot_logs=frozenset(held_keys),
         )
 
     async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str,

@@ -54,7 +54,7 @@ class Frame:
         self._log_message: Union[str, None, bool] = False  # False: not read yet
 
     def log_message(self) -> Optional[str]:
-        """A ``log`` event's message, read once per frame and only when a stream asks."""
+        """A ``log`` event's message (an ``agent_event``'s key), read once per frame and only when a stream asks."""
         if self._log_message is False:
             self._log_message = sse.log_message_of(self.raw)
         return self._log_message  # type: ignore[return-value]

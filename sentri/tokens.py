@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import jwt
 
@@ -27,20 +27,27 @@ class Identity:
     expires_at: int
 
 
-def extract_token(
+def token_candidates(
     cookie: Callable[[str], Optional[str]],
     authorization: Optional[str],
     query_token: Optional[str],
-) -> Optional[str]:
-    """The token to check, tried in the Node order: cookie, then Bearer, then ``?token=``."""
+) -> List[str]:
+    """The tokens to check, in the Node order: cookie, then Bearer, then ``?token=``.
+
+    Every source present is listed: as in the Node middleware's strategies, a source whose
+    token is invalid passes to the next (docs/auth.md §3), so the caller tries each in turn.
+    """
+    candidates: List[str] = []
     from_cookie = cookie(COOKIE_NAME)
     if from_cookie:
-        return from_cookie
+        candidates.append(from_cookie)
     if authorization:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-    return query_token or None
+            candidates.append(credentials.strip())
+    if query_token:
+        candidates.append(query_token)
+    return candidates
 
 
 def verify(token: str, secret: str, is_revoked: Callable[[str], bool] = lambda jti: False) -> Optional[Identity]:

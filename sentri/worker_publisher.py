@@ -8,7 +8,8 @@ Node instance with listeners for the run delivers it. Synchronous (a worker is u
 an event loop).
 
 Durable logs: given a database (``DATABASE_URL``; ``sentri emit`` passes it when set), a
-``log`` is checked, stamped and appended to ``run_logs`` and a ``done`` recorded on the run
+``log`` is checked, stamped and appended to ``run_logs``, an ``agent_event`` checked and
+stored in ``run_agent_events`` (where that table exists) and a ``done`` recorded on the run
 row before the event is published, as the server's publishers do (``sentri.event_intake``).
 Without one, the worker publishes only: the event is live and in Redis history, but a
 snapshot read later does not contain it (the producer stores it itself, as Node producers do).
@@ -51,14 +52,17 @@ class RunEventPublisher:
         self._script = self._client.register_script(PUBLISH_SCRIPT)
         self._call = PublishCall(self.origin, history_max_events, history_done_ttl_s, history_idle_ttl_s)
         self._database: Optional[peewee.Database] = None
+        self._has_agent_events = False
         if database_url:
-            from .models import database_proxy
+            from .models import AGENT_EVENTS_TABLE, database_proxy
             from .store import ensure_schema, open_database
 
             self._database = open_database(database_url, ".", 1)
             database_proxy.initialize(self._database)
             try:
                 ensure_schema(self._database)
+                with self._database.connection_context():
+                    self._has_agent_events = AGENT_EVENTS_TABLE in self._database.get_tables()
             except peewee.DatabaseError as error:  # one line, as the server says it (sentri.app)
                 self.close()
                 reason = (str(error).strip().splitlines() or [""])[0].strip()
@@ -91,9 +95,9 @@ class RunEventPublisher:
         return script_result(self._script(keys=keys, args=args))
 
     def _store(self, run_id: str, event_type: str, payload: Dict[str, Any]) -> Dict[str, Any]:
-        from .event_intake import LOG, prepare
+        from .event_intake import AGENT_EVENT, LOG, prepare
         from .hub import DONE
-        from .writes import append_log, finish_run
+        from .writes import append_agent_event, append_log, finish_run
 
         body, level = prepare(event_type, payload)
         assert self._database is not None
@@ -102,6 +106,8 @@ class RunEventPublisher:
                 append_log(run_id, body["message"], level or "info")
             elif event_type == DONE:
                 finish_run(run_id, body)
+            elif event_type == AGENT_EVENT and self._has_agent_events:
+                append_agent_event(run_id, body)
         return body
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The few writes this project makes: log lines, run progress, a run's end (durable events).
+"""The few writes this project makes: log lines, agent events, run progress, a run's end.
 
 They run on a database thread (``Store.run``), never on the IOLoop. ``append_log`` takes the
 next ``seq`` inside a transaction that first locks the run's row, so two producers writing
@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import peewee
 
-from .models import Run, RunLog, database_proxy
+from .models import Run, RunAgentEvent, RunLog, database_proxy
 
 LOG_LEVELS = ("info", "warn", "error")
 
@@ -49,6 +49,16 @@ def append_log(run_id: str, message: str, level: str = "info") -> int:
         RunLog.insert(runId=run_id, seq=seq, level=level if level in LOG_LEVELS else "info",
                       message=message, createdAt=iso_now()).execute()
     return seq
+
+
+def append_agent_event(run_id: str, event: Mapping[str, Any]) -> None:
+    """Store one checked ``agent_event`` (``sentri.event_intake``) in ``run_agent_events``; data as JSON text."""
+    data = event.get("data")
+    RunAgentEvent.insert(
+        runId=run_id, step=event["step"], agent=event["agent"], phase=event["phase"], message=event["message"],
+        data=None if data is None else json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        nextAgent=event.get("nextAgent"), model=event.get("model"), createdAt=event["createdAt"],
+    ).execute()
 
 
 def update_run(run_id: str, fields: Mapping[str, Any]) -> None:

@@ -8,7 +8,7 @@ import uuid
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-TABLES = ("run_logs", "runs", "projects", "workspace_members", "workspaces", "users")
+TABLES = ("run_agent_events", "run_logs", "runs", "projects", "workspace_members", "workspaces", "users")
 
 
 def _connect(url: str):  # type: ignore[no-untyped-def]

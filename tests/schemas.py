@@ -13,15 +13,20 @@ tests/test_snapshot.py runs over both.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
+from sentri.store import column_key
+
 from . import pg
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The dialect tests/conftest.py's database uses.
+DIALECT = "postgres" if os.environ.get("SENTRI_TEST_DATABASE_URL") else "sqlite"
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,9 @@ class Schema:
     ddl: Optional[str] = None
     # Columns the Node DDL lacks, per table (camelCase); rows leave them out.
     missing_columns: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
-    # Columns only the Node DDL has, per table: they must never reach a client.
-    unknown_columns: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    # Columns only the Node DDL has, per table, last in the table, with their DDL default: the
+    # snapshot passes them through raw, in their table position (Node's SELECT *).
+    unknown_columns: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def __str__(self) -> str:  # the test id: test_x[node]
         return self.name
@@ -63,14 +69,19 @@ class Schema:
         """``values`` without the columns this schema's ``table`` lacks."""
         return {key: value for key, value in values.items() if self.has_column(table, key)}
 
+    def unknown(self, table: str) -> Dict[str, Any]:
+        """The unknown columns' keys as the snapshot sends them (PostgreSQL: folded) and values."""
+        return {column_key(name.lower() if DIALECT == "postgres" else name, DIALECT): value
+                for name, value in self.unknown_columns.get(table, {}).items()}
+
     def run_keys(self, keys: List[str]) -> List[str]:
-        """The snapshot's run keys under this schema: missing columns are not sent."""
-        return [key for key in keys if self.has_column("runs", key)]
+        """The snapshot's run keys under this schema: missing columns are not sent, unknown ones are."""
+        return [key for key in keys if self.has_column("runs", key)] + list(self.unknown("runs"))
 
     def snapshot_json(self, expected: str) -> str:
         """An expected snapshot frame's JSON (written for the project's schema) under this schema."""
         event = json.loads(expected)
-        event["run"] = self.present("runs", event["run"])
+        event["run"] = {**self.present("runs", event["run"]), **self.unknown("runs")}
         return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -84,6 +95,9 @@ NODE = Schema(
     "node",
     ddl="node_schema",
     missing_columns={"runs": ("networkCondition",)},
-    unknown_columns={"runs": ("ciBuildUrl",)},
+    unknown_columns={"runs": {"ciBuildUrl": "https://ci.example.test/build/1"}},
 )
+# A newer Node backend's tables: runs with its newer columns and one invented among them
+# (runnerPool), and run_agent_events (tests/test_dropin_schema.py writes its expected bytes).
+NEWER = Schema("node_newer", ddl="node_schema_newer")
 BOTH = (PROJECT, NODE)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 
 import pytest
 
-from sentri.logs import JsonFormatter, PlainFormatter
+from sentri.hub import Hub
+from sentri.logs import JsonFormatter, PlainFormatter, configure_logging
 from sentri.redact import REDACTED, redact
+from sentri.stream import EventStream
+from sentri.streamlog import StreamLogObserver
 
 from .logsweep import find_secrets, remember_secret
 from .services import wait_until
@@ -51,9 +55,53 @@ def test_json_lines_use_the_node_backends_field_names():
     record.msecs = 250
     record.fields = {"runId": "RUN-1", "workspaceId": "WS-1", "ip": "203.0.113.7", "durationMs": 12,
                      "reason": "done"}
-    assert json.loads(JsonFormatter().format(record)) == {
-        "level": "info", "time": "2026-01-01T00:00:00.250Z", "msg": "stream closed", "logger": "sentri.streams",
-        "runId": "RUN-1", "workspaceId": "WS-1", "ip": "203.0.113.7", "durationMs": 12, "reason": "done"}
+    # Node's fields first, in Node's order (ts, level, runId, msg), then this project's.
+    assert JsonFormatter().format(record) == (
+        '{"ts":"2026-01-01T00:00:00.250Z","level":"info","runId":"RUN-1","msg":"stream closed",'
+        '"logger":"sentri.streams","workspaceId":"WS-1","ip":"203.0.113.7","durationMs":12,"reason":"done"}')
+
+
+@pytest.mark.parametrize("fields", [None, {}, {"runId": None, "path": "/healthz"}])
+def test_a_json_line_without_a_run_leaves_run_id_out_as_node_does(fields):
+    record = logging.LogRecord("sentri.access", logging.WARNING, __file__, 1, "GET %s %d", ("/healthz", 200), None)
+    record.created = 1767225600.0
+    record.msecs = 0
+    if fields is not None:
+        record.fields = fields
+    entry = json.loads(JsonFormatter().format(record))
+    assert list(entry)[:3] == ["ts", "level", "msg"]
+    assert "runId" not in entry and "time" not in entry
+    assert entry["ts"] == "2026-01-01T00:00:00.000Z"
+    assert entry["level"] == "warn"
+    assert entry["msg"] == "GET /healthz 200"
+
+
+def test_with_log_json_a_stream_line_starts_with_nodes_ts_level_run_id_msg():
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    out = io.StringIO()
+    stream = EventStream(Hub(1.0, 10, 1 << 20), "RUN-1", client_ip="10.0.0.1")
+    stream.workspace_id = "WS-1"
+    try:
+        configure_logging("info", True, stream=out)
+        StreamLogObserver().stream_opened(stream)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+    line = json.loads(out.getvalue())
+    assert list(line) == ["ts", "level", "runId", "msg", "logger", "workspaceId", "ip"]
+    assert (line["level"], line["runId"], line["msg"]) == ("info", "RUN-1", "stream opened")
+
+
+def test_a_records_own_fields_never_replace_nodes():
+    record = logging.LogRecord("sentri.streams", logging.ERROR, __file__, 1, "boom", (), None)
+    record.fields = {"ts": "x", "level": "x", "msg": "x", "runId": "RUN-7", "reason": "y"}
+    entry = json.loads(JsonFormatter().format(record))
+    assert list(entry) == ["ts", "level", "runId", "msg", "logger", "reason"]
+    assert (entry["level"], entry["runId"], entry["msg"]) == ("error", "RUN-7", "boom")
 
 
 # Logged on purpose below (scrubbed); remembered so the session sweep checks it never got out.
