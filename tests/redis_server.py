@@ -3,6 +3,7 @@ and ``sentri serve`` as a separate process (another instance on the same Redis a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -80,6 +81,9 @@ def redis_not_started(tmp_path: Any) -> Iterator[RelayRedis]:
 
 
 LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
+RELAY_CONNECTED = re.compile(r"relay connected to redis")
+# Instance A's settings in relay tests: reconnect within 0.2 s, and clients are told to retry at once.
+FAST_RELAY = {"relay_retry_max_s": 0.2, "retry_ms": 0}
 
 
 class SentriProcess:
@@ -164,3 +168,28 @@ def instance_env(database_url: str, redis_url: str, data_dir: str, **extra: str)
     }
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def second_instance(database_url: str, redis_url: str, data_dir: Any, **extra: str) -> Iterator[SentriProcess]:
+    """``sentri serve`` on the test's database and Redis (instance B; clients retry at once), stopped on the way out."""
+    process = SentriProcess(instance_env(database_url, redis_url, str(data_dir), SENTRI_RETRY_MS="0", **extra))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def instance_b_env() -> Dict[str, str]:
+    """What ``instance_b`` adds to its environment; a test module overrides this fixture to add its own."""
+    return {}
+
+
+@pytest.fixture
+def instance_b(settings: Any, redis_server: RelayRedis, tmp_path: Any, world: Any,
+               instance_b_env: Dict[str, str]) -> Iterator[SentriProcess]:
+    """Instance B, its relay connected before the test begins (``world``: the rows are there first)."""
+    with second_instance(settings.database_url, redis_server.url, tmp_path, **instance_b_env) as process:
+        process.wait_for_line(RELAY_CONNECTED)
+        yield process

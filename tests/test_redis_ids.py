@@ -15,14 +15,13 @@ from sentri.history import id_key
 from sentri.worker_publisher import RunEventPublisher
 
 from .frames import open_live
-from .redis_server import SentriProcess, instance_env, redis_server  # noqa: F401 (fixture)
+from .redis_server import FAST_RELAY, RELAY_CONNECTED, instance_b, redis_server  # noqa: F401 (fixtures)
 from .services import wait_until
 from .sseclient import open_request
 
 STREAM = "sentri:events:RUN-1"
 CHANNEL = "sentri:run:RUN-1"
 PUBLISH_TOKEN = "publish-secret-for-ids-0123456789"
-RELAY_CONNECTED = re.compile(r"relay connected to redis")
 RELAY_LOST = re.compile(r"relay lost redis")
 LOG_JSON = b'{"type":"log","message":"[2026-01-01T00:00:00.000Z] step 1"}'
 DONE_JSON = b'{"type":"done","status":"completed","passed":3,"failed":0,"total":3}'
@@ -30,16 +29,12 @@ DONE_JSON = b'{"type":"done","status":"completed","passed":3,"failed":0,"total":
 
 @pytest.fixture
 def settings(settings, redis_server):  # noqa: F811 - instance A relays through the private Redis
-    return settings.replace(redis_url=redis_server.url, relay_retry_max_s=0.2, retry_ms=0, history_done_ttl_s=60)
+    return settings.replace(redis_url=redis_server.url, **FAST_RELAY, history_done_ttl_s=60)
 
 
 @pytest.fixture
-def instance_b(settings, redis_server, tmp_path, world):  # noqa: F811
-    process = SentriProcess(instance_env(settings.database_url, redis_server.url, str(tmp_path),
-                                         SENTRI_RETRY_MS="0", SENTRI_PUBLISH_TOKEN=PUBLISH_TOKEN))
-    process.wait_for_line(RELAY_CONNECTED)
-    yield process
-    process.stop()
+def instance_b_env():
+    return {"SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN}
 
 
 

@@ -14,14 +14,13 @@ from sentri.stream import CloseReason
 
 from .frames import open_live
 from .hubwatch import HubWatch
-from .redis_server import SentriProcess, instance_env, redis_server  # noqa: F401 (fixture)
+from .redis_server import FAST_RELAY, instance_b, instance_b_env, redis_server  # noqa: F401 (fixtures)
 from .services import wait_until
 from .sseclient import open_request
 
 CHANNEL = "sentri:run:RUN-1"
 LOG_FRAME = b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] step 1"}\n\n'
 DONE_FRAME = b'data: {"type":"done","status":"completed","passed":3,"failed":0,"total":3}\n\n'
-RELAY_CONNECTED = re.compile(r"relay connected to redis")
 EVENT_ID_LINE = re.compile(rb"\Aid: [^\r\n]+\n")
 
 
@@ -32,15 +31,7 @@ def without_id(frame):
 
 @pytest.fixture
 def settings(settings, redis_server):  # noqa: F811 - this module's instance A relays through Redis
-    return settings.replace(redis_url=redis_server.url, relay_retry_max_s=0.2, retry_ms=0)
-
-
-@pytest.fixture
-def instance_b(settings, redis_server, tmp_path, world):  # noqa: F811
-    process = SentriProcess(instance_env(settings.database_url, redis_server.url, str(tmp_path), SENTRI_RETRY_MS="0"))
-    process.wait_for_line(RELAY_CONNECTED)
-    yield process
-    process.stop()
+    return settings.replace(redis_url=redis_server.url, **FAST_RELAY)
 
 
 
