@@ -11,12 +11,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 import redis
+import redis.asyncio
+import redis.client
 
 from .conftest import ARTIFACT_SECRET, JWT_SECRET
+from .frames import open_live
 from .services import RedisServer
 
 
@@ -59,6 +62,22 @@ class RelayRedis(RedisServer):
             return int(client.publish(channel, message))
         finally:
             client.close()
+
+    def subscriber(self, channel: str) -> redis.client.PubSub:
+        """A pub/sub connection subscribed to ``channel``, its confirmation read."""
+        subscriber = self.client().pubsub()
+        subscriber.subscribe(channel)
+        confirmation = subscriber.get_message(timeout=5)
+        assert confirmation is not None and confirmation["type"] == "subscribe", confirmation
+        return subscriber
+
+    async def listen(self, channel: str) -> Tuple[redis.asyncio.Redis[bytes], redis.asyncio.client.PubSub]:
+        """An asyncio client and its pub/sub connection subscribed to ``channel``, its confirmation read."""
+        client = redis.asyncio.Redis.from_url(self.url)
+        pubsub = client.pubsub()
+        await pubsub.subscribe(channel)
+        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+        return client, pubsub
 
 
 @pytest.fixture
@@ -193,3 +212,8 @@ def instance_b(settings: Any, redis_server: RelayRedis, tmp_path: Any, world: An
     with second_instance(settings.database_url, redis_server.url, tmp_path, **instance_b_env) as process:
         process.wait_for_line(RELAY_CONNECTED)
         yield process
+
+
+async def live_on_both(port: int, instance_b: SentriProcess, world: Any) -> Tuple[Any, Any]:
+    """A live stream of ``world``'s run on this process (instance A), then one on instance B."""
+    return await open_live(port, world), await open_live(instance_b.port, world)

@@ -15,7 +15,7 @@ from sentri.history import id_key
 from sentri.worker_publisher import RunEventPublisher
 
 from .frames import open_live
-from .redis_server import FAST_RELAY, RELAY_CONNECTED, instance_b, redis_server  # noqa: F401 (fixtures)
+from .redis_server import FAST_RELAY, RELAY_CONNECTED, instance_b, live_on_both, redis_server  # noqa: F401 (fixtures)
 from .services import wait_until
 from .sseclient import open_request
 
@@ -75,8 +75,7 @@ def strictly_increasing(ids):
 async def test_an_event_gets_one_id_in_redis_that_both_instances_send_before_its_data(
         port, context, world, redis_server, instance_b):  # noqa: F811
     assert await context.bus.wait_connected(5.0)
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
 
     log_id = await context.hub.publish("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] step 1"})
     done_id = await context.hub.publish("RUN-1", "done", {"status": "completed", "passed": 3, "failed": 0, "total": 3})
@@ -100,8 +99,7 @@ async def test_an_event_gets_one_id_in_redis_that_both_instances_send_before_its
 @pytest.mark.gen_test(timeout=30)
 async def test_a_node_message_without_id_is_delivered_without_an_id_line_and_not_kept(
         port, context, world, redis_server, instance_b):  # noqa: F811
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     node_message = b'{"type":"llm_token","token":"Hel","_origin":"inst_1767225600000_k3x9qa"}'
     assert redis_server.publish(CHANNEL, node_message) == 2
     for response in (on_a, on_b):
@@ -117,8 +115,7 @@ async def test_a_node_message_without_id_is_delivered_without_an_id_line_and_not
 async def test_two_concurrent_publishers_on_one_run_reach_every_listener_in_strictly_increasing_id_order(
         port, context, world, redis_server, instance_b):  # noqa: F811
     assert await context.bus.wait_connected(5.0)
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     count = 150
 
     def worker():
@@ -184,8 +181,7 @@ async def test_after_a_redis_restart_every_client_has_every_event_exactly_once(
     expect_log("sentri.revocation", r"revocation check unavailable", required=False)
     expect_log("sentri.resume", r"history unavailable", required=False)
     assert await context.bus.wait_connected(5.0)
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     before = await context.hub.publish("RUN-1", "llm_token", {"token": "before"})
     for response in (on_a, on_b):
         assert await next_event(response) == (before, {"type": "llm_token", "token": "before"})

@@ -12,7 +12,7 @@ import pytest
 from sentri.worker_publisher import RunEventPublisher
 
 from .frames import open_live
-from .redis_server import FAST_RELAY, RELAY_CONNECTED, redis_not_started, redis_server, second_instance  # noqa: F401 (fixtures)
+from .redis_server import FAST_RELAY, RELAY_CONNECTED, live_on_both, redis_not_started, redis_server, second_instance  # noqa: F401 (fixtures)
 from .services import wait_until
 from .test_relay import CHANNEL, without_id
 
@@ -50,8 +50,7 @@ class TestRestart:
                              SENTRI_HEARTBEAT_INTERVAL_S="0.2") as instance_b:
             instance_b.wait_for_line(RELAY_CONNECTED)
             assert await context.bus.wait_connected(5.0)
-            on_a = await open_live(port, world)
-            on_b = await open_live(instance_b.port, world)
+            on_a, on_b = await live_on_both(port, instance_b, world)
 
             redis_server.stop()  # SIGKILL
             await wait_until(lambda: not context.bus.connected, what="A sees the outage")
@@ -101,8 +100,7 @@ class TestDownAtStart:
             await instance_b.wait_for(re.compile(r"relay cannot reach redis"))
             assert not context.bus.connected
             started = time.monotonic()
-            on_a = await open_live(port, world)  # not held up by the missing Redis
-            on_b = await open_live(instance_b.port, world)
+            on_a, on_b = await live_on_both(port, instance_b, world)  # not held up by the missing Redis
             assert time.monotonic() - started < 2.0
             context.hub.emit("RUN-1", "log", {"message": "local while down"})
             assert await next_event_frame(on_a) == b'data: {"type":"log","message":"local while down"}\n\n'
