@@ -7,6 +7,8 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
+from .sseclient import open_request
+
 
 class HeldLookup:
     def __init__(self) -> None:
@@ -16,6 +18,12 @@ class HeldLookup:
     async def wait_started(self, timeout_s: float = 5.0) -> None:
         """Until a request's lookup has begun (and holds a database thread)."""
         await asyncio.wait_for(self.started.wait(), timeout_s)
+
+    async def request(self, port: int, path: str) -> asyncio.Future[Any]:
+        """A stream request, once it waits in this lookup (await the future for its response)."""
+        request = asyncio.ensure_future(open_request(port, path))
+        await self.wait_started()
+        return request
 
     def release(self) -> None:
         """Let the held lookup (and any later one) read the database."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -82,8 +81,7 @@ async def test_a_slow_database_lookup_delays_neither_heartbeats_nor_events_of_ot
     open_stream = await open_request(port, world.events_path())
     await next_data(open_stream)
     with held_lookup(context) as lookup:
-        waiting = asyncio.ensure_future(open_request(port, world.events_path()))
-        await lookup.wait_started()
+        waiting = await lookup.request(port, world.events_path())
         await heartbeat_times(open_stream, 3)  # while the other request's lookup holds a database thread
         context.hub.emit("RUN-1", "llm_token", {"token": "t"})
         assert await next_data(open_stream) == b'data: {"type":"llm_token","token":"t"}\n\n'

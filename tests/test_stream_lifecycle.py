@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from .frames import next_data
@@ -98,8 +96,7 @@ async def test_a_client_that_hangs_up_releases_its_registry_entry_wheel_slot_and
 @pytest.mark.gen_test
 async def test_a_done_published_while_the_run_is_being_read_still_ends_the_stream(port, world, context):
     with held_lookup(context) as lookup:
-        request = asyncio.ensure_future(open_request(port, world.events_path()))
-        await lookup.wait_started()
+        request = await lookup.request(port, world.events_path())
         assert context.hub.listener_count("RUN-1") == 1  # registered before the read (SPEC 2.1)
         context.hub.emit("RUN-1", "done", {"status": "failed", "passed": 0})
         lookup.release()  # the lookup reads the row as it is: still "running"
@@ -114,8 +111,7 @@ async def test_a_done_published_while_the_run_is_being_read_still_ends_the_strea
 @pytest.mark.gen_test
 async def test_events_emitted_while_the_run_is_being_read_follow_the_snapshot_in_order(port, world, context):
     with held_lookup(context) as lookup:
-        request = asyncio.ensure_future(open_request(port, world.events_path()))
-        await lookup.wait_started()
+        request = await lookup.request(port, world.events_path())
         for n in range(3):
             context.hub.emit("RUN-1", "llm_token", {"token": str(n)})
         lookup.release()
