@@ -20,7 +20,7 @@ import redis.client
 
 from .conftest import ARTIFACT_SECRET, JWT_SECRET
 from .frames import open_live
-from .services import RedisServer
+from .services import RedisServer, stop_process
 
 
 class RelayRedis(RedisServer):
@@ -160,13 +160,7 @@ class SentriProcess:
         return await loop.run_in_executor(None, self.wait_for_line, pattern, timeout_s, occurrence)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         self._pumping.join(10)
         if self.process.stderr is not None:
             self.process.stderr.close()
