@@ -80,23 +80,29 @@ class RelayRedis(RedisServer):
         return client, pubsub
 
 
+@contextlib.contextmanager
+def private_redis(folder: Any) -> Iterator[RelayRedis]:
+    """A Redis with its files in ``folder`` (made here), not started yet; stopped on the way out."""
+    folder.mkdir()
+    server = RelayRedis(str(folder))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def redis_server(tmp_path: Any) -> Iterator[RelayRedis]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RelayRedis(str(folder)).start()
-    yield server
-    server.stop()
+    with private_redis(tmp_path / "redis") as server:
+        server.start()
+        yield server
 
 
 @pytest.fixture
 def redis_not_started(tmp_path: Any) -> Iterator[RelayRedis]:
     """A Redis the test starts itself (its port is chosen, nothing listens there yet)."""
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RelayRedis(str(folder))
-    yield server
-    server.stop()
+    with private_redis(tmp_path / "redis") as server:
+        yield server
 
 
 LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
