@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any, AsyncIterator, Dict, Tuple
+from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 from sentri.config import SETTINGS
 
@@ -26,6 +26,18 @@ def clean_env(**values: str) -> Dict[str, str]:
 def sentri(*args: str, env: Any = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SENTRI, *args], env=env or clean_env(), capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+
+
+def sentri_emit(*args: str, redis_url: Optional[str] = None,
+                database_url: Optional[str] = None) -> subprocess.CompletedProcess[bytes]:
+    """``sentri emit *args`` with the test process's environment but only the REDIS_URL and DATABASE_URL given."""
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, "-m", "sentri.cli", "emit", *args], env=env, capture_output=True,
+                          timeout=30, check=False)
 
 
 async def run_sentri(*args: str, env: Dict[str, str]) -> Tuple[Any, str, str]:

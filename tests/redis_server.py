@@ -43,25 +43,16 @@ class RelayRedis(RedisServer):
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def channels(self) -> List[bytes]:
-        client = self.client()
-        try:
+        with self.client() as client:
             return sorted(client.pubsub_channels())
-        finally:
-            client.close()
 
     def subscribers(self, channel: str) -> int:
-        client = self.client()
-        try:
+        with self.client() as client:
             return int(client.pubsub_numsub(channel)[0][1])
-        finally:
-            client.close()
 
     def publish(self, channel: str, message: bytes) -> int:
-        client = self.client()
-        try:
+        with self.client() as client:
             return int(client.publish(channel, message))
-        finally:
-            client.close()
 
     def subscriber(self, channel: str) -> redis.client.PubSub:
         """A pub/sub connection subscribed to ``channel``, its confirmation read."""

@@ -85,15 +85,12 @@ async def test_an_event_gets_one_id_in_redis_that_both_instances_send_before_its
         assert await response.next_frame() == b"id: " + log_id.encode() + b"\ndata: " + LOG_JSON + b"\n\n"
         assert await response.next_frame() == b"id: " + done_id.encode() + b"\ndata: " + DONE_JSON + b"\n\n"
         assert await response.server_closed()
-    client = redis_server.client()
-    try:
+    with redis_server.client() as client:
         assert client.xrange(STREAM) == [
             (log_id.encode(), {b"d": LOG_JSON, b"o": context.instance_id.encode(), b"e": b"0"}),
             (done_id.encode(), {b"d": DONE_JSON, b"o": context.instance_id.encode(), b"e": b"1"}),
         ]
         assert 0 < client.pttl(STREAM) <= 60_000  # SENTRI_HISTORY_DONE_TTL_S after the done
-    finally:
-        client.close()
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -104,11 +101,8 @@ async def test_a_node_message_without_id_is_delivered_without_an_id_line_and_not
     assert redis_server.publish(CHANNEL, node_message) == 2
     for response in (on_a, on_b):
         assert await response.next_frame() == b'data: {"type":"llm_token","token":"Hel"}\n\n'
-    client = redis_server.client()
-    try:
+    with redis_server.client() as client:
         assert client.exists(STREAM) == 0
-    finally:
-        client.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -301,11 +295,8 @@ class TestOutboxFull:
             redis_server.resume()
         assert await context.bus.wait_connected(15.0)
         await wait_until(lambda: context.bus.published >= 3, what="the kept events published late")
-        client = redis_server.client()
-        try:
+        with redis_server.client() as client:
             kept = [json.loads(fields[b"d"])["token"] for _, fields in client.xrange(STREAM)]
-        finally:
-            client.close()
         assert kept == tokens[:3]
         after = await context.hub.publish("RUN-1", "llm_token", {"token": "after"})
         assert await next_event(on_a) == (after, {"type": "llm_token", "token": "after"})  # none twice
