@@ -16,13 +16,10 @@ import collections
 import contextlib
 import socket
 import time
-from typing import TYPE_CHECKING, AbstractSet, Deque, List, Optional, Tuple, Union
+from typing import AbstractSet, Deque, List, Optional, Protocol, Tuple, Union
 
 from . import sse
 from .history import id_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .hub import Hub
 
 
 class CloseReason:
@@ -70,6 +67,19 @@ class Frame:
 HEARTBEAT_FRAME = Frame(sse.HEARTBEAT)
 
 
+class StreamOwner(Protocol):
+    """What a stream needs from the registry that holds it (the hub), so this module need not import it."""
+
+    #: Unsent bytes past which a reader is too slow and its stream is cut.
+    max_writable_bytes: int
+
+    def forget(self, stream: EventStream) -> None:
+        """Take the stream out of the registry (it is ending or closed)."""
+
+    def stream_closed(self, stream: EventStream) -> None:
+        """The stream has closed its socket, once."""
+
+
 class EventStream:
     """A listener on one run. PENDING (holding frames) until ``open``; then live; then closed."""
 
@@ -99,7 +109,7 @@ class EventStream:
         "__weakref__",
     )
 
-    def __init__(self, hub: Hub, run_id: str, jti: Optional[str] = None, client_ip: str = "") -> None:
+    def __init__(self, hub: StreamOwner, run_id: str, jti: Optional[str] = None, client_ip: str = "") -> None:
         self.hub = hub
         self.run_id = run_id
         self.jti = jti

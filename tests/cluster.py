@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Dict, List, Optional
 
-from .services import free_port, wait_for_port
+from .services import free_port, stop_process, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -80,13 +80,8 @@ class Nginx:
         subprocess.run(self.command("-s", "reload"), check=True, capture_output=True)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
 

@@ -3,6 +3,7 @@ and ``sentri serve`` as a separate process (another instance on the same Redis a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,13 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 import redis
+import redis.asyncio
+import redis.client
 
 from .conftest import ARTIFACT_SECRET, JWT_SECRET
-from .services import RedisServer
+from .frames import open_live
+from .services import RedisServer, stop_process
 
 
 class RelayRedis(RedisServer):
@@ -39,47 +43,63 @@ class RelayRedis(RedisServer):
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def channels(self) -> List[bytes]:
-        client = self.client()
-        try:
+        with self.client() as client:
             return sorted(client.pubsub_channels())
-        finally:
-            client.close()
 
     def subscribers(self, channel: str) -> int:
-        client = self.client()
-        try:
+        with self.client() as client:
             return int(client.pubsub_numsub(channel)[0][1])
-        finally:
-            client.close()
 
     def publish(self, channel: str, message: bytes) -> int:
-        client = self.client()
-        try:
+        with self.client() as client:
             return int(client.publish(channel, message))
-        finally:
-            client.close()
+
+    def subscriber(self, channel: str) -> redis.client.PubSub:
+        """A pub/sub connection subscribed to ``channel``, its confirmation read."""
+        subscriber = self.client().pubsub()
+        subscriber.subscribe(channel)
+        confirmation = subscriber.get_message(timeout=5)
+        assert confirmation is not None and confirmation["type"] == "subscribe", confirmation
+        return subscriber
+
+    async def listen(self, channel: str) -> Tuple[redis.asyncio.Redis[bytes], redis.asyncio.client.PubSub]:
+        """An asyncio client and its pub/sub connection subscribed to ``channel``, its confirmation read."""
+        client = redis.asyncio.Redis.from_url(self.url)
+        pubsub = client.pubsub()
+        await pubsub.subscribe(channel)
+        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+        return client, pubsub
+
+
+@contextlib.contextmanager
+def private_redis(folder: Any) -> Iterator[RelayRedis]:
+    """A Redis with its files in ``folder`` (made here), not started yet; stopped on the way out."""
+    folder.mkdir()
+    server = RelayRedis(str(folder))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def redis_server(tmp_path: Any) -> Iterator[RelayRedis]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RelayRedis(str(folder)).start()
-    yield server
-    server.stop()
+    with private_redis(tmp_path / "redis") as server:
+        server.start()
+        yield server
 
 
 @pytest.fixture
 def redis_not_started(tmp_path: Any) -> Iterator[RelayRedis]:
     """A Redis the test starts itself (its port is chosen, nothing listens there yet)."""
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RelayRedis(str(folder))
-    yield server
-    server.stop()
+    with private_redis(tmp_path / "redis") as server:
+        yield server
 
 
 LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
+RELAY_CONNECTED = re.compile(r"relay connected to redis")
+# Instance A's settings in relay tests: reconnect within 0.2 s, and clients are told to retry at once.
+FAST_RELAY = {"relay_retry_max_s": 0.2, "retry_ms": 0}
 
 
 class SentriProcess:
@@ -137,13 +157,7 @@ class SentriProcess:
         return await loop.run_in_executor(None, self.wait_for_line, pattern, timeout_s, occurrence)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         self._pumping.join(10)
         if self.process.stderr is not None:
             self.process.stderr.close()
@@ -164,3 +178,33 @@ def instance_env(database_url: str, redis_url: str, data_dir: str, **extra: str)
     }
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def second_instance(database_url: str, redis_url: str, data_dir: Any, **extra: str) -> Iterator[SentriProcess]:
+    """``sentri serve`` on the test's database and Redis (instance B; clients retry at once), stopped on the way out."""
+    process = SentriProcess(instance_env(database_url, redis_url, str(data_dir), SENTRI_RETRY_MS="0", **extra))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def instance_b_env() -> Dict[str, str]:
+    """What ``instance_b`` adds to its environment; a test module overrides this fixture to add its own."""
+    return {}
+
+
+@pytest.fixture
+def instance_b(settings: Any, redis_server: RelayRedis, tmp_path: Any, world: Any,
+               instance_b_env: Dict[str, str]) -> Iterator[SentriProcess]:
+    """Instance B, its relay connected before the test begins (``world``: the rows are there first)."""
+    with second_instance(settings.database_url, redis_server.url, tmp_path, **instance_b_env) as process:
+        process.wait_for_line(RELAY_CONNECTED)
+        yield process
+
+
+async def live_on_both(port: int, instance_b: SentriProcess, world: Any) -> Tuple[Any, Any]:
+    """A live stream of ``world``'s run on this process (instance A), then one on instance B."""
+    return await open_live(port, world), await open_live(instance_b.port, world)

@@ -35,6 +35,17 @@ def wait_for_port(port: int, timeout_s: float = 10.0, process: Optional[subproce
             time.sleep(0.02)
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> None:  # type: ignore[type-arg]
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaped either way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 async def wait_until(condition, timeout_s: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
     """Await a state change that has no event to wait on (another process's), checking often."""
     deadline = time.monotonic() + timeout_s

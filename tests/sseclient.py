@@ -142,8 +142,11 @@ async def open_request(
     host: str = "127.0.0.1",
     body: bytes = b"",
     raw_request: Optional[bytes] = None,
+    source_ip: Optional[str] = None,
 ) -> StreamResponse:
-    reader, writer = await asyncio.open_connection(host, port)
+    """``source_ip``: the TCP source address (any 127.x address works on Linux); default: the kernel's choice."""
+    local_addr = (source_ip, 0) if source_ip is not None else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
     if raw_request is None:
         lines = [f"{method} {path} {version}", f"Host: {host}:{port}"]
         for name, value in (headers or {}).items():

@@ -155,30 +155,28 @@ def three_workspaces(rows, owns_one: bool):
     return user
 
 
+async def assert_streams_only(port, token, served, not_found):
+    """The token streams the run of workspace ``served``; for it, the runs of ``not_found`` are not found."""
+    assert await status_and_body(port, f"/api/v1/runs/RUN-{served}/events?token={token}") == (200, b"")
+    for other in not_found:
+        assert await status_and_body(port, f"/api/v1/runs/RUN-{other}/events?token={token}") == (
+            404, b'{"error":"project not found"}')
+
+
 @pytest.mark.gen_test
 async def test_a_token_workspace_the_user_belongs_to_is_used(port, rows):
     user = three_workspaces(rows, owns_one=True)
-    token = token_for(user, "WS-mid")
-    assert await status_and_body(port, f"/api/v1/runs/RUN-WS-mid/events?token={token}") == (200, b"")
-    assert await status_and_body(port, f"/api/v1/runs/RUN-WS-new/events?token={token}") == (
-        404, b'{"error":"project not found"}')
+    await assert_streams_only(port, token_for(user, "WS-mid"), "WS-mid", not_found=["WS-new"])
 
 
 @pytest.mark.gen_test
 async def test_a_token_workspace_the_user_is_not_in_falls_back_to_the_owned_workspace_first(port, rows):
     user = three_workspaces(rows, owns_one=True)
     for claimed in ("WS-elsewhere", None):
-        token = token_for(user, claimed)
-        assert await status_and_body(port, f"/api/v1/runs/RUN-WS-new/events?token={token}") == (200, b"")
-        assert await status_and_body(port, f"/api/v1/runs/RUN-WS-old/events?token={token}") == (
-            404, b'{"error":"project not found"}')
+        await assert_streams_only(port, token_for(user, claimed), "WS-new", not_found=["WS-old"])
 
 
 @pytest.mark.gen_test
 async def test_without_an_owned_workspace_the_fallback_is_the_oldest_membership(port, rows):
     user = three_workspaces(rows, owns_one=False)
-    token = token_for(user, "WS-elsewhere")
-    assert await status_and_body(port, f"/api/v1/runs/RUN-WS-old/events?token={token}") == (200, b"")
-    for other in ("RUN-WS-mid", "RUN-WS-new"):
-        assert await status_and_body(port, f"/api/v1/runs/{other}/events?token={token}") == (
-            404, b'{"error":"project not found"}')
+    await assert_streams_only(port, token_for(user, "WS-elsewhere"), "WS-old", not_found=["WS-mid", "WS-new"])

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from sentri.writes import append_log
 
 from .browser import WatchedPage, chromium, open_page
 from .conftest import JWT_SECRET, token_for
-from .services import wait_for_port
+from .services import free_port, wait_for_port
 from .sseclient import open_request
 
 SCRIPT_LINE = '[2026-01-01T00:00:02.000Z] <script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -240,12 +239,6 @@ async def test_a_page_for_an_impossible_run_id_is_a_json_404(port):
 
 
 # -- the restart test: a real server process, restarted while the browser watches --------------
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 class DemoServer:
     """``sentri demo`` on a fixed port and a SQLite file, started and killed by the test."""

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
-import subprocess
-import sys
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,23 +13,9 @@ from sentri.cli import build_parser
 from sentri.config import SETTINGS
 
 from .conftest import JWT_SECRET
+from .console import SENTRI, assert_one_line_failure, clean_env, run_sentri, running_demo, sentri
 from .frames import next_data
 from .sseclient import open_request
-
-SENTRI = os.path.join(os.path.dirname(sys.executable), "sentri")
-
-
-def clean_env(**values):
-    """The test process's environment without any setting, plus ``values``."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in {setting.name for setting in SETTINGS} and not key.startswith("SENTRI_")}
-    env.update(values)
-    return env
-
-
-def sentri(*args, env=None, timeout=30):
-    return subprocess.run([SENTRI, *args], env=env or clean_env(), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
 
 
 def subcommands():
@@ -60,14 +43,6 @@ def test_each_subcommand_help_lists_every_setting_with_its_flag_and_variable(com
     for setting in SETTINGS:
         assert setting.flag in text, (command, setting.flag)
         assert f"env {setting.name};" in text, (command, setting.name)
-
-
-def assert_one_line_failure(result, pattern):
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert re.fullmatch(r"sentri: " + pattern, lines[0]), lines[0]
 
 
 @pytest.mark.parametrize(
@@ -138,13 +113,6 @@ def test_token_for_an_unknown_user_fails_with_one_line(tmp_path):
     assert_one_line_failure(sentri("token", "--user", "USR-nobody", env=env), r"--user: no user with id 'USR-nobody'")
 
 
-async def run_sentri(*args, env):
-    process = await asyncio.create_subprocess_exec(SENTRI, *args, env=env, stdin=subprocess.DEVNULL,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
 @pytest.mark.gen_test(timeout=30)
 async def test_sentri_token_prints_a_token_the_server_accepts(port, world, settings):
     env = clean_env(JWT_SECRET=JWT_SECRET, DATABASE_URL=settings.database_url)
@@ -166,18 +134,8 @@ async def test_sentri_token_prints_a_token_the_server_accepts(port, world, setti
 @pytest.mark.gen_test(timeout=60)
 async def test_sentri_demo_prints_a_curl_whose_url_streams_snapshot_live_logs_and_done(tmp_path):
     env = clean_env(SENTRI_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
-    process = await asyncio.create_subprocess_exec(
-        SENTRI, "demo", "--runs", "1", "--step-s", "0.05", "--port", "0", env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stderr = asyncio.ensure_future(process.stderr.read())  # drained all along: a full pipe would stall the demo
-    try:
-        url = None
-        while url is None:
-            line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
-            assert line, "the demo ended before printing a curl command"
-            match = re.search(r"curl -N '(http://[^']+)'", line)
-            if match:
-                url = match.group(1)
+    async with running_demo("--runs", "1", "--step-s", "0.05", "--port", "0", env=env) as demo:
+        url = (await demo.curl_command(r"curl -N '(http://[^']+)'")).group(1)
         parts = urlsplit(url)
         assert parts.hostname == "127.0.0.1" and parts.port and parts.port != 0
         assert re.fullmatch(r"/api/v1/runs/RUN-\d+/events", parts.path) and parts.query.startswith("token=")
@@ -196,10 +154,5 @@ async def test_sentri_demo_prints_a_curl_whose_url_streams_snapshot_live_logs_an
         assert re.fullmatch(rb'data: \{"type":"done","status":"completed","passed":\d,"failed":\d,"total":5,'
                             rb'"testsGenerated":5\}\n\n', frame)
         assert await response.server_closed()
-        code = await asyncio.wait_for(process.wait(), 30)
-        assert code == 0, (await stderr).decode()[-2000:]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await stderr
+        code = await demo.exit_code()
+        assert code == 0, await demo.stderr_tail()

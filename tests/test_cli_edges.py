@@ -4,12 +4,9 @@ and a Ctrl-C before the server is up each end with their own answer."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 import signal
 import stat
-import subprocess
 
 import pytest
 
@@ -17,7 +14,7 @@ from sentri import cli
 from sentri.tokens import verify
 
 from .conftest import JWT_SECRET
-from .test_cli import SENTRI, assert_one_line_failure, clean_env, sentri
+from .console import assert_one_line_failure, clean_env, running_demo, sentri
 
 
 def test_the_demo_secret_is_made_once_private_and_read_back_on_restart(tmp_path):
@@ -56,27 +53,12 @@ def test_ctrl_c_before_the_server_is_up_exits_130(monkeypatch):
 async def test_the_demo_signs_with_jwt_secret_when_set_and_runs_until_sigterm_without_runs(tmp_path):
     data_dir = tmp_path / "data"
     env = clean_env(SENTRI_DATA_DIR=str(data_dir), JWT_SECRET=JWT_SECRET, PYTHONUNBUFFERED="1")
-    process = await asyncio.create_subprocess_exec(
-        SENTRI, "demo", "--step-s", "0.05", "--port", "0", env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stderr = asyncio.ensure_future(process.stderr.read())  # drained all along: a full pipe would stall the demo
-    try:
-        token = None
-        while token is None:
-            line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
-            assert line, "the demo ended before printing a curl command"
-            match = re.search(r"curl -N '[^']+\?token=([^']+)'", line)
-            if match:
-                token = match.group(1)
+    async with running_demo("--step-s", "0.05", "--port", "0", env=env) as demo:
+        token = (await demo.curl_command(r"curl -N '[^']+\?token=([^']+)'")).group(1)
         identity = verify(token, JWT_SECRET)
         assert identity is not None and identity.workspace_id is not None
         assert not (data_dir / "demo-jwt-secret").exists()
-        assert process.returncode is None  # no --runs: it keeps going
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 30)
-        assert code == 0, (await stderr).decode()[-2000:]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await stderr
+        assert demo.process.returncode is None  # no --runs: it keeps going
+        demo.process.send_signal(signal.SIGTERM)
+        code = await demo.exit_code()
+        assert code == 0, await demo.stderr_tail()

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,8 +12,8 @@ import pytest
 from sentri.drain import RETRY_HINT_MAX_MS, RETRY_HINT_MIN_MS, SPREAD_FRACTION, drain, drain_schedule, retry_hint_ms
 from sentri.stream import CloseReason
 
+from .cluster import Instance
 from .conftest import JWT_SECRET
-from .services import free_port, wait_for_port
 from .sseclient import open_request
 
 RETRY_FRAME = re.compile(rb"^retry: (\d+)\n\n$")
@@ -102,34 +98,26 @@ async def test_a_stream_request_during_the_drain_is_refused_with_503(port, world
 @pytest.mark.gen_test(timeout=30)
 async def test_sigterm_drains_open_streams_within_the_window_and_exits_0(world, database_url, tmp_path,
                                                                        session_log_dir):
-    serve_port = free_port()
-    env = {**os.environ, "PORT": str(serve_port), "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET,
-           "SENTRI_DRAIN_WINDOW_S": "1.5", "LOG_JSON": "true", "SENTRI_DATA_DIR": str(tmp_path)}
-    stderr_path = os.path.join(session_log_dir, f"drain-serve-{serve_port}.stderr")
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve"], env=env, stderr=stderr)
+    serve = Instance({"DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "SENTRI_DRAIN_WINDOW_S": "1.5",
+                      "LOG_JSON": "true", "SENTRI_DATA_DIR": str(tmp_path)}, session_log_dir).start()
     try:
-        wait_for_port(serve_port, process=process)
         responses = []
         for _ in range(3):
-            response = await open_request(serve_port, world.events_path())
+            response = await open_request(serve.port, world.events_path())
             assert (await response.next_event())["type"] == "snapshot"
             responses.append(response)
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        serve.terminate()
         for response in responses:
             assert RETRY_FRAME.match(await response.next_frame())
             await response.read_to_end(timeout=5)
             assert await response.server_closed()
-        status = await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
+        status = await asyncio.get_running_loop().run_in_executor(None, serve.process.wait, 10)
         elapsed = time.monotonic() - started
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        serve.stop()
     assert status == 0
     assert elapsed < 1.5 + 1.0  # the window, plus the process's own shutdown
-    with open(stderr_path, encoding="utf-8") as handle:
-        log = handle.read()
+    log = "\n".join(serve.log_lines())
     assert log.count('"reason":"drained"') == 3
     print(f"sentri serve drained 3 streams and exited 0 in {elapsed:.3f}s after SIGTERM (window 1.5s)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 
 import pytest
 
@@ -13,29 +12,18 @@ from sentri import sse
 from sentri.drain import drain
 from sentri.stream import CloseReason
 
-from .test_stream_backpressure import fill_kernel_buffers, read_exactly
+from .socketpairs import fill_kernel_buffers, live_stream, read_exactly
 
-
-def live_stream(context, run_id: str, chunked: bool):  # type: ignore[no-untyped-def]
-    server_end, client_end = socket.socketpair()
-    server_end.setblocking(False)
-    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stream = context.hub.reserve(run_id)
-    assert stream is not None
-    stream.attach_socket(server_end, chunked)
-    context.hub.open(stream, b"")
-    return stream, client_end
 
 @pytest.mark.gen_test(timeout=15)
 async def test_a_stream_that_goes_live_while_the_drain_waits_is_ended_without_a_retry_hint(context):
-    first, first_client = live_stream(context, "RUN-1", chunked=True)
-    second, second_client = live_stream(context, "RUN-1", chunked=True)
+    first, first_client = live_stream(context.hub, "RUN-1", chunked=True)
+    second, second_client = live_stream(context.hub, "RUN-1", chunked=True)
     try:
         draining = asyncio.ensure_future(drain(context, 0.5, random.Random(5)))
         await asyncio.sleep(0)  # the drain sends its hints and waits for the first slot
         assert context.draining
-        late, late_client = live_stream(context, "RUN-2", chunked=True)
+        late, late_client = live_stream(context.hub, "RUN-2", chunked=True)
         report = await draining
         assert report.streams == 3 and report.forced == 0
         assert late.closed and late.close_reason == CloseReason.DRAINED
@@ -51,7 +39,7 @@ async def test_a_stream_that_goes_live_while_the_drain_waits_is_ended_without_a_
 
 @pytest.mark.gen_test(timeout=15)
 async def test_a_reader_too_slow_for_the_window_is_cut_when_it_ends_and_counted_as_forced(context):
-    slow, slow_client = live_stream(context, "RUN-1", chunked=False)
+    slow, slow_client = live_stream(context.hub, "RUN-1", chunked=False)
     try:
         filler = fill_kernel_buffers(slow)
         report = await drain(context, 0.3, random.Random(1))
@@ -65,7 +53,7 @@ async def test_a_reader_too_slow_for_the_window_is_cut_when_it_ends_and_counted_
 
 @pytest.mark.gen_test
 async def test_a_zero_window_ends_every_stream_without_waiting(context):
-    streams = [live_stream(context, "RUN-1", chunked=False) for _ in range(3)]
+    streams = [live_stream(context.hub, "RUN-1", chunked=False) for _ in range(3)]
     try:
         report = await drain(context, 0.0, random.Random(2))
         assert report.streams == 3 and report.forced == 0

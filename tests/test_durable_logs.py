@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Iterator
 
@@ -16,25 +17,28 @@ from . import pg
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+@contextlib.contextmanager
+def models_bound_to(url, tmp_path) -> Iterator[object]:
+    """The database at ``url`` with the schema, the models' for the block."""
+    database = open_database(url, str(tmp_path), 8)
+    ensure_schema(database)
+    previous = database_proxy.obj
+    database_proxy.initialize(database)
+    try:
+        yield database
+    finally:
+        database_proxy.initialize(previous)
+        database.close_all()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request, tmp_path) -> Iterator[object]:
     if request.param == "sqlite":
-        database = open_database(f"sqlite:///{tmp_path}/logs.db", str(tmp_path), 8)
-        ensure_schema(database)
-        previous = database_proxy.obj
-        database_proxy.initialize(database)
-        yield database
-        database_proxy.initialize(previous)
-        database.close_all()
+        with models_bound_to(f"sqlite:///{tmp_path}/logs.db", tmp_path) as database:
+            yield database
         return
-    with pg.temporary_database(PG_SERVER) as url:
-        database = open_database(url, str(tmp_path), 8)
-        ensure_schema(database)
-        previous = database_proxy.obj
-        database_proxy.initialize(database)
+    with pg.temporary_database(PG_SERVER) as url, models_bound_to(url, tmp_path) as database:
         yield database
-        database_proxy.initialize(previous)
-        database.close_all()
 
 
 def test_concurrent_producers_get_seq_one_to_n_without_duplicates(database):

@@ -15,7 +15,8 @@ from sentri.app import build_context, make_app
 from sentri.drain import drain
 
 from . import pg, sseclient
-from .services import RedisServer, wait_until
+from .redis_server import redis_server  # noqa: F401 (fixture)
+from .services import wait_until
 from .sseclient import open_request
 
 DEFAULT_PG_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
@@ -31,14 +32,7 @@ async def readiness_is(port, status):
 
 
 @pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(str(tmp_path)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def relay_context(settings, redis_server, io_loop):
+def relay_context(settings, redis_server, io_loop):  # noqa: F811
     context = build_context(settings.replace(redis_url=redis_server.url))
     io_loop.run_sync(context.bus.start)
     yield context
@@ -77,7 +71,7 @@ async def test_readiness_is_503_draining_once_a_drain_starts_while_liveness_stay
 
 @pytest.mark.gen_test(timeout=30)
 async def test_readiness_is_503_relay_while_redis_is_down_and_ready_again_when_it_returns(
-        port, relay_context, redis_server, expect_log):
+        port, relay_context, redis_server, expect_log):  # noqa: F811
     expect_log("sentri.access", r"GET /readyz 503$")
     expect_log("sentri.relay", r"relay lost redis")
     assert await relay_context.bus.wait_connected(5.0)

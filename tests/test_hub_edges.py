@@ -3,12 +3,12 @@ nothing, and an event without a payload is just its type."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from sentri.hub import Hub, HubObserver
 from sentri.stream import CloseReason
+
+from .socketpairs import live_stream
 
 
 class Emitted(HubObserver):
@@ -47,12 +47,7 @@ async def test_an_event_with_no_listener_no_relay_and_no_history_is_dropped_befo
 async def test_an_event_without_a_payload_is_sent_as_its_type_alone():
     observer = Emitted()
     hub = make_hub(observer)
-    server_end, client_end = socket.socketpair()
-    server_end.setblocking(False)
-    stream = hub.reserve("RUN-1")
-    assert stream is not None
-    stream.attach_socket(server_end, chunked=False)
-    hub.open(stream, b"")
+    stream, client_end = live_stream(hub)
     try:
         assert hub.emit("RUN-1", "done") is None  # the base history assigns no ids
         assert client_end.recv(100) == b'data: {"type":"done"}\n\n'

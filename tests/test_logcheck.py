@@ -98,15 +98,19 @@ def outcomes(tmp_path_factory) -> Dict[str, Tuple[str, str]]:
     return results
 
 
+def report_of(outcomes, name, outcome):
+    """The report text of subject test ``name``, which must have ended with ``outcome``."""
+    assert outcomes[name][0] == outcome, outcomes[name]
+    return outcomes[name][1]
+
+
 def test_an_unexpected_warning_fails_the_test_and_names_the_line(outcomes):
-    outcome, text = outcomes["test_unexpected_warning"]
-    assert outcome == "error"
+    text = report_of(outcomes, "test_unexpected_warning", "error")
     assert "unexpected log line: WARNING sentri.hub: stream s-1 is too slow" in text
 
 
 def test_an_error_logged_from_another_thread_fails_the_test(outcomes):
-    outcome, text = outcomes["test_error_from_another_thread"]
-    assert outcome == "error"
+    text = report_of(outcomes, "test_error_from_another_thread", "error")
     assert "unexpected log line: ERROR sentri.store: db gone" in text
 
 
@@ -119,20 +123,17 @@ def test_an_expected_line_inside_its_block_passes(outcomes):
 
 
 def test_an_expected_line_that_never_comes_fails_the_test(outcomes):
-    outcome, text = outcomes["test_expected_never_comes"]
-    assert outcome == "failed"
+    text = report_of(outcomes, "test_expected_never_comes", "failed")
     assert "expected a log line that was never written: WARNING+ on sentri.bus matching 'relay disconnected'" in text
 
 
 def test_an_expectation_for_the_whole_test_is_checked_at_teardown(outcomes):
-    outcome, text = outcomes["test_expectation_for_whole_test"]
-    assert outcome == "error"
+    text = report_of(outcomes, "test_expectation_for_whole_test", "error")
     assert "expected a log line that was never written: WARNING+ on sentri.hub matching 'too slow'" in text
 
 
 def test_an_expectation_matches_only_its_logger_its_level_and_its_text(outcomes):
-    outcome, text = outcomes["test_expectation_scope"]
-    assert outcome == "error"
+    text = report_of(outcomes, "test_expectation_scope", "error")
     assert "unexpected log line: ERROR sentri.business: disconnected" in text
     assert "unexpected log line: WARNING sentri.bus: disconnected" in text
     assert "unexpected log line: ERROR sentri.bus: connected" in text
@@ -140,14 +141,12 @@ def test_an_expectation_matches_only_its_logger_its_level_and_its_text(outcomes)
 
 
 def test_a_line_after_its_block_is_unexpected_again(outcomes):
-    outcome, text = outcomes["test_line_after_block"]
-    assert outcome == "error"
+    text = report_of(outcomes, "test_line_after_block", "error")
     assert text.count("unexpected log line: WARNING sentri: gone") == 1
 
 
 def test_a_task_error_nobody_retrieved_is_charged_to_the_test_that_dropped_the_task(outcomes):
-    outcome, text = outcomes["test_leaks_a_failed_task"]
-    assert outcome == "error"
+    text = report_of(outcomes, "test_leaks_a_failed_task", "error")
     assert "unexpected log line: ERROR asyncio: Task exception was never retrieved" in text
     assert outcomes["test_runs_after_the_leak"] == ("passed", "")
 

@@ -22,7 +22,7 @@ from .cluster import Instance, Nginx
 from .conftest import ARTIFACT_SECRET, JWT_SECRET
 from .logsweep import remember_secret
 from .services import RedisServer, wait_until
-from .sseclient import OPEN_RESPONSES, StreamResponse, open_request
+from .sseclient import StreamResponse, open_request
 
 PUBLISH_TOKEN = remember_secret("publish-token-for-nginx-tests-93c1")
 HEARTBEAT_S = 0.3
@@ -56,18 +56,6 @@ async def publish(port: int, run_id: str, event: Dict[str, Any]) -> str:
     assert response.status == 202, body
     response.close()
     return str(body["id"])
-
-
-async def open_from(source_ip: str, port: int, path: str, headers: Optional[Dict[str, str]] = None) -> StreamResponse:
-    """A request whose TCP source address is ``source_ip`` (any 127.x address works on Linux)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source_ip, 0))
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    response = StreamResponse(reader, writer)
-    OPEN_RESPONSES.append(response)
-    await response.read_head()
-    return response
 
 
 def text_of(message: str) -> str:
@@ -138,7 +126,7 @@ def stream_log_entries(instances: List[Instance], message: str) -> List[Dict[str
 async def test_snapshot_at_once_each_live_event_alone_and_heartbeats_through_nginx(cluster, world):
     nginx, instances = cluster
     started = time.monotonic()
-    response = await open_from("127.0.0.2", nginx.port, world.events_path())
+    response = await open_request(nginx.port, world.events_path(), source_ip="127.0.0.2")
     assert response.status == 200
     assert response.headers["content-type"] == "text/event-stream"
     assert "content-length" not in response.headers
@@ -163,8 +151,8 @@ async def test_snapshot_at_once_each_live_event_alone_and_heartbeats_through_ngi
 @pytest.mark.gen_test(timeout=30)
 async def test_the_forwarded_client_address_reaches_the_stream_log_line(cluster, world):
     nginx, instances = cluster
-    response = await open_from("127.0.0.2", nginx.port, world.events_path(),
-                               headers={"X-Forwarded-For": "198.51.100.66"})  # a spoof attempt: ignored
+    response = await open_request(nginx.port, world.events_path(), source_ip="127.0.0.2",
+                                  headers={"X-Forwarded-For": "198.51.100.66"})  # a spoof attempt: ignored
     assert (await response.next_event(timeout=2.0))["type"] == "snapshot"
     await publish(nginx.port, "RUN-1", {"type": "done", "status": "completed"})
     await response.read_to_end()

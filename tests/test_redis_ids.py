@@ -15,14 +15,13 @@ from sentri.history import id_key
 from sentri.worker_publisher import RunEventPublisher
 
 from .frames import open_live
-from .redis_server import SentriProcess, instance_env, redis_server  # noqa: F401 (fixture)
+from .redis_server import FAST_RELAY, RELAY_CONNECTED, instance_b, live_on_both, redis_server  # noqa: F401 (fixtures)
 from .services import wait_until
 from .sseclient import open_request
 
 STREAM = "sentri:events:RUN-1"
 CHANNEL = "sentri:run:RUN-1"
 PUBLISH_TOKEN = "publish-secret-for-ids-0123456789"
-RELAY_CONNECTED = re.compile(r"relay connected to redis")
 RELAY_LOST = re.compile(r"relay lost redis")
 LOG_JSON = b'{"type":"log","message":"[2026-01-01T00:00:00.000Z] step 1"}'
 DONE_JSON = b'{"type":"done","status":"completed","passed":3,"failed":0,"total":3}'
@@ -30,16 +29,12 @@ DONE_JSON = b'{"type":"done","status":"completed","passed":3,"failed":0,"total":
 
 @pytest.fixture
 def settings(settings, redis_server):  # noqa: F811 - instance A relays through the private Redis
-    return settings.replace(redis_url=redis_server.url, relay_retry_max_s=0.2, retry_ms=0, history_done_ttl_s=60)
+    return settings.replace(redis_url=redis_server.url, **FAST_RELAY, history_done_ttl_s=60)
 
 
 @pytest.fixture
-def instance_b(settings, redis_server, tmp_path, world):  # noqa: F811
-    process = SentriProcess(instance_env(settings.database_url, redis_server.url, str(tmp_path),
-                                         SENTRI_RETRY_MS="0", SENTRI_PUBLISH_TOKEN=PUBLISH_TOKEN))
-    process.wait_for_line(RELAY_CONNECTED)
-    yield process
-    process.stop()
+def instance_b_env():
+    return {"SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN}
 
 
 
@@ -80,8 +75,7 @@ def strictly_increasing(ids):
 async def test_an_event_gets_one_id_in_redis_that_both_instances_send_before_its_data(
         port, context, world, redis_server, instance_b):  # noqa: F811
     assert await context.bus.wait_connected(5.0)
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
 
     log_id = await context.hub.publish("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] step 1"})
     done_id = await context.hub.publish("RUN-1", "done", {"status": "completed", "passed": 3, "failed": 0, "total": 3})
@@ -91,39 +85,31 @@ async def test_an_event_gets_one_id_in_redis_that_both_instances_send_before_its
         assert await response.next_frame() == b"id: " + log_id.encode() + b"\ndata: " + LOG_JSON + b"\n\n"
         assert await response.next_frame() == b"id: " + done_id.encode() + b"\ndata: " + DONE_JSON + b"\n\n"
         assert await response.server_closed()
-    client = redis_server.client()
-    try:
+    with redis_server.client() as client:
         assert client.xrange(STREAM) == [
             (log_id.encode(), {b"d": LOG_JSON, b"o": context.instance_id.encode(), b"e": b"0"}),
             (done_id.encode(), {b"d": DONE_JSON, b"o": context.instance_id.encode(), b"e": b"1"}),
         ]
         assert 0 < client.pttl(STREAM) <= 60_000  # SENTRI_HISTORY_DONE_TTL_S after the done
-    finally:
-        client.close()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_node_message_without_id_is_delivered_without_an_id_line_and_not_kept(
         port, context, world, redis_server, instance_b):  # noqa: F811
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     node_message = b'{"type":"llm_token","token":"Hel","_origin":"inst_1767225600000_k3x9qa"}'
     assert redis_server.publish(CHANNEL, node_message) == 2
     for response in (on_a, on_b):
         assert await response.next_frame() == b'data: {"type":"llm_token","token":"Hel"}\n\n'
-    client = redis_server.client()
-    try:
+    with redis_server.client() as client:
         assert client.exists(STREAM) == 0
-    finally:
-        client.close()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_two_concurrent_publishers_on_one_run_reach_every_listener_in_strictly_increasing_id_order(
         port, context, world, redis_server, instance_b):  # noqa: F811
     assert await context.bus.wait_connected(5.0)
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     count = 150
 
     def worker():
@@ -189,8 +175,7 @@ async def test_after_a_redis_restart_every_client_has_every_event_exactly_once(
     expect_log("sentri.revocation", r"revocation check unavailable", required=False)
     expect_log("sentri.resume", r"history unavailable", required=False)
     assert await context.bus.wait_connected(5.0)
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     before = await context.hub.publish("RUN-1", "llm_token", {"token": "before"})
     for response in (on_a, on_b):
         assert await next_event(response) == (before, {"type": "llm_token", "token": "before"})
@@ -310,11 +295,8 @@ class TestOutboxFull:
             redis_server.resume()
         assert await context.bus.wait_connected(15.0)
         await wait_until(lambda: context.bus.published >= 3, what="the kept events published late")
-        client = redis_server.client()
-        try:
+        with redis_server.client() as client:
             kept = [json.loads(fields[b"d"])["token"] for _, fields in client.xrange(STREAM)]
-        finally:
-            client.close()
         assert kept == tokens[:3]
         after = await context.hub.publish("RUN-1", "llm_token", {"token": "after"})
         assert await next_event(on_a) == (after, {"type": "llm_token", "token": "after"})  # none twice

@@ -8,20 +8,18 @@ import asyncio
 import re
 
 import pytest
-import redis.asyncio
 
 from sentri.stream import CloseReason
 
 from .frames import open_live
 from .hubwatch import HubWatch
-from .redis_server import SentriProcess, instance_env, redis_server  # noqa: F401 (fixture)
+from .redis_server import FAST_RELAY, instance_b, instance_b_env, live_on_both, redis_server  # noqa: F401 (fixtures)
 from .services import wait_until
 from .sseclient import open_request
 
 CHANNEL = "sentri:run:RUN-1"
 LOG_FRAME = b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] step 1"}\n\n'
 DONE_FRAME = b'data: {"type":"done","status":"completed","passed":3,"failed":0,"total":3}\n\n'
-RELAY_CONNECTED = re.compile(r"relay connected to redis")
 EVENT_ID_LINE = re.compile(rb"\Aid: [^\r\n]+\n")
 
 
@@ -32,15 +30,7 @@ def without_id(frame):
 
 @pytest.fixture
 def settings(settings, redis_server):  # noqa: F811 - this module's instance A relays through Redis
-    return settings.replace(redis_url=redis_server.url, relay_retry_max_s=0.2, retry_ms=0)
-
-
-@pytest.fixture
-def instance_b(settings, redis_server, tmp_path, world):  # noqa: F811
-    process = SentriProcess(instance_env(settings.database_url, redis_server.url, str(tmp_path), SENTRI_RETRY_MS="0"))
-    process.wait_for_line(RELAY_CONNECTED)
-    yield process
-    process.stop()
+    return settings.replace(redis_url=redis_server.url, **FAST_RELAY)
 
 
 
@@ -49,8 +39,7 @@ def instance_b(settings, redis_server, tmp_path, world):  # noqa: F811
 async def test_an_event_emitted_on_one_instance_reaches_the_other_exactly_once_and_its_own_client_once(
         port, context, world, redis_server, instance_b):  # noqa: F811
     assert await context.bus.wait_connected(5.0)
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     assert redis_server.subscribers(CHANNEL) == 2
 
     context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] step 1"})
@@ -66,8 +55,7 @@ async def test_an_event_emitted_on_one_instance_reaches_the_other_exactly_once_a
 @pytest.mark.gen_test(timeout=30)
 async def test_a_node_instance_message_is_delivered_byte_exact_on_both_instances(
         port, context, world, redis_server, instance_b):  # noqa: F811
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     # What the Node seed publishes: JSON.stringify({type, ...payload, _origin}); 1e-7 is how
     # JavaScript writes that number (Python would write 1e-07), UTF-8 text unescaped.
     node_message = ('{"type":"result","result":{"id":"TC-1","status":"passed","ratio":1e-7,"name":"Übersicht ✓"},'
@@ -83,8 +71,7 @@ async def test_a_node_instance_message_is_delivered_byte_exact_on_both_instances
 @pytest.mark.gen_test(timeout=30)
 async def test_malformed_messages_and_own_echoes_are_ignored_and_the_relay_keeps_working(
         port, context, world, redis_server, instance_b, expect_log):  # noqa: F811
-    on_a = await open_live(port, world)
-    on_b = await open_live(instance_b.port, world)
+    on_a, on_b = await live_on_both(port, instance_b, world)
     own_echo = b'{"type":"log","message":"echo","_origin":' + f'"{context.instance_id}"'.encode() + b"}"
     for junk in (b"not json", b"\xff\xfe{", b"[1,2,3]", b'"text"', b'{"message":"no type"}', b'{"type":7}', own_echo):
         redis_server.publish(CHANNEL, junk)
@@ -175,10 +162,7 @@ async def test_a_done_published_while_the_listener_is_being_registered_still_end
 @pytest.mark.gen_test(timeout=30)
 async def test_the_instance_id_names_each_process_and_never_reaches_a_client(port, context, world, redis_server):  # noqa: F811
     response = await open_live(port, world)
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    subscriber = client.pubsub()
-    await subscriber.subscribe(CHANNEL)
-    assert (await subscriber.get_message(timeout=5))["type"] == "subscribe"
+    client, subscriber = await redis_server.listen(CHANNEL)
     context.hub.emit("RUN-1", "log", {"message": "x", "_origin": "forged"})
     message = await subscriber.get_message(timeout=5)
     # ``_origin`` is "<instance>|<event id>" (issue 4): Node compares it for equality and strips it.

@@ -13,7 +13,6 @@ import time
 import warnings
 
 import pytest
-import redis.asyncio
 
 from sentri.bus import Bus
 from sentri.bus import messages as wire
@@ -32,14 +31,6 @@ def numbering_here_hub(bus):
     history = MemoryHistory(max_events=10, max_bytes=1 << 20, max_runs=10, done_ttl_s=60.0, idle_ttl_s=60.0)
     return Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus,
                history=history)
-
-
-async def listen(redis_server, channel):  # noqa: F811
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    pubsub = client.pubsub()
-    await pubsub.subscribe(channel)
-    assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
-    return client, pubsub
 
 
 async def next_data(pubsub):
@@ -74,7 +65,7 @@ def test_a_message_whose_origin_is_not_the_last_key_is_re_encoded_without_it():
 @pytest.mark.gen_test(timeout=30)
 async def test_with_a_history_numbering_events_here_the_relay_publishes_plain_messages_and_drops_what_does_not_fit(
         redis_server):  # noqa: F811
-    client, pubsub = await listen(redis_server, "sentri:run:RUN-1")
+    client, pubsub = await redis_server.listen("sentri:run:RUN-1")
     bus = RedisBus(redis_server.url, INSTANCE, max_pending_bytes=60)
     hub = numbering_here_hub(bus)
     try:
@@ -140,7 +131,7 @@ async def test_a_relay_started_twice_runs_one_connection(redis_server):  # noqa:
 @pytest.mark.gen_test(timeout=30)
 async def test_a_relay_without_a_hub_keeps_events_from_before_start_and_publishes_them_flagged_local(
         redis_server):  # noqa: F811
-    client, pubsub = await listen(redis_server, "sentri:run:RUN-1")
+    client, pubsub = await redis_server.listen("sentri:run:RUN-1")
     bus = RedisBus(redis_server.url, INSTANCE)
     try:
         await bus.close()  # never started: nothing to stop

@@ -12,11 +12,11 @@ import pytest
 from sentri.worker_publisher import RunEventPublisher
 
 from .frames import open_live
-from .redis_server import SentriProcess, instance_env, redis_not_started, redis_server  # noqa: F401 (fixtures)
+from .redis_server import FAST_RELAY, RELAY_CONNECTED, live_on_both, redis_not_started, redis_server, second_instance  # noqa: F401 (fixtures)
 from .services import wait_until
-from .test_relay import CHANNEL, RELAY_CONNECTED, without_id
+from .test_relay import CHANNEL, without_id
 
-FAST = {"relay_retry_max_s": 0.2, "retry_ms": 0, "heartbeat_interval_s": 0.2}
+FAST = {**FAST_RELAY, "heartbeat_interval_s": 0.2}
 
 
 
@@ -46,13 +46,11 @@ class TestRestart:
     async def test_redis_killed_and_restarted_mid_stream_then_events_flow_again_without_clients_reconnecting(
             self, port, context, world, redis_server, tmp_path, expect_log):  # noqa: F811
         expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
-        instance_b = SentriProcess(instance_env(context.settings.database_url, redis_server.url, str(tmp_path),
-                                                SENTRI_RETRY_MS="0", SENTRI_HEARTBEAT_INTERVAL_S="0.2"))
-        try:
+        with second_instance(context.settings.database_url, redis_server.url, tmp_path,
+                             SENTRI_HEARTBEAT_INTERVAL_S="0.2") as instance_b:
             instance_b.wait_for_line(RELAY_CONNECTED)
             assert await context.bus.wait_connected(5.0)
-            on_a = await open_live(port, world)
-            on_b = await open_live(instance_b.port, world)
+            on_a, on_b = await live_on_both(port, instance_b, world)
 
             redis_server.stop()  # SIGKILL
             await wait_until(lambda: not context.bus.connected, what="A sees the outage")
@@ -80,8 +78,6 @@ class TestRestart:
             assert instance_b.count(re.compile(r"relay lost redis")) == 1
             assert instance_b.count(re.compile(r"relay connected")) == 2
             assert context.bus.dropped == 0  # the event emitted during the outage was relayed late, not dropped
-        finally:
-            instance_b.stop()
 
 
 class TestDownAtStart:
@@ -99,14 +95,12 @@ class TestDownAtStart:
         # then reconnects (and says so once), which this scenario survives too.
         expect_log("sentri.relay", r"relay lost redis at .*; reconnecting", required=False)
         redis_server = redis_not_started  # noqa: F811 - the same kind of server, started later
-        instance_b = SentriProcess(instance_env(context.settings.database_url, redis_server.url, str(tmp_path),
-                                                SENTRI_RETRY_MS="0", SENTRI_HEARTBEAT_INTERVAL_S="0.2"))
-        try:
+        with second_instance(context.settings.database_url, redis_server.url, tmp_path,
+                             SENTRI_HEARTBEAT_INTERVAL_S="0.2") as instance_b:
             await instance_b.wait_for(re.compile(r"relay cannot reach redis"))
             assert not context.bus.connected
             started = time.monotonic()
-            on_a = await open_live(port, world)  # not held up by the missing Redis
-            on_b = await open_live(instance_b.port, world)
+            on_a, on_b = await live_on_both(port, instance_b, world)  # not held up by the missing Redis
             assert time.monotonic() - started < 2.0
             context.hub.emit("RUN-1", "log", {"message": "local while down"})
             assert await next_event_frame(on_a) == b'data: {"type":"log","message":"local while down"}\n\n'
@@ -125,8 +119,6 @@ class TestDownAtStart:
                 frame = await next_event_frame(on_b)
             assert frame == b'data: {"type":"log","message":"after redis came up"}\n\n'
             assert instance_b.count(re.compile(r"relay cannot reach redis")) == 1
-        finally:
-            instance_b.stop()
 
 
 class TestUnresponsive:

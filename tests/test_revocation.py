@@ -16,7 +16,7 @@ from sentri.stream import CloseReason
 
 from .conftest import JWT_SECRET, token_for
 from .hubwatch import HubWatch
-from .redis_server import RelayRedis, redis_server  # noqa: F401 (fixture)
+from .redis_server import private_redis, redis_server  # noqa: F401 (fixture)
 from .sseclient import open_request
 from .test_relay import without_id
 
@@ -99,11 +99,8 @@ async def test_with_redis_down_tokens_are_accepted_and_the_outage_is_logged_once
 @pytest.fixture
 def own_redis(tmp_path):
     """A Redis that is not the app's (not started yet): stopping it leaves the app's relay alone."""
-    folder = tmp_path / "own-redis"
-    folder.mkdir()
-    server = RelayRedis(str(folder))
-    yield server
-    server.stop()
+    with private_redis(tmp_path / "own-redis") as server:
+        yield server
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-import socket
 import time
-from typing import List, Tuple
+from typing import List
 
 import pytest
 
 from sentri import sse
 from sentri.hub import Hub, HubObserver
 from sentri.stream import CloseReason, EventStream, Frame
+
+from .socketpairs import fill_kernel_buffers, live_stream, read_exactly
 
 LIMIT = 64 * 1024
 
@@ -30,50 +31,11 @@ def make_hub(observer: HubObserver = None) -> Hub:  # type: ignore[assignment]
     return Hub(heartbeat_interval_s=1.0, max_listeners_per_run=10, max_writable_bytes=LIMIT, observer=observer)
 
 
-def live_stream(hub: Hub, chunked: bool = False) -> Tuple[EventStream, socket.socket]:
-    """A stream gone live on the server end of a socket pair; returns it and the client end."""
-    server_end, client_end = socket.socketpair()
-    server_end.setblocking(False)
-    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stream = hub.reserve("RUN-1")
-    assert stream is not None
-    stream.attach_socket(server_end, chunked)
-    hub.open(stream, b"")
-    return stream, client_end
-
-
-def fill_kernel_buffers(stream: EventStream) -> int:
-    """Send on the stream's socket until the kernel takes no more; returns the bytes it took."""
-    sock = stream.sock
-    assert sock is not None
-    total = 0
-    while True:
-        try:
-            total += sock.send(b"f" * 4096)
-        except BlockingIOError:
-            return total
-
-
 def watched_events(stream: EventStream) -> int:
     """What the event loop watches the stream's socket for (EVENT_READ, EVENT_WRITE bits)."""
     assert stream.sock is not None
     selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
     return int(selector.get_key(stream.sock.fileno()).events)
-
-
-async def read_exactly(client_end: socket.socket, count: int) -> bytes:
-    """Read ``count`` bytes on a thread, so the loop keeps flushing the stream meanwhile."""
-    def read() -> bytes:
-        client_end.settimeout(10)
-        data = b""
-        while len(data) < count:
-            piece = client_end.recv(65536)
-            if not piece:
-                break
-            data += piece
-        return data
-    return await asyncio.get_running_loop().run_in_executor(None, read)
 
 
 async def until(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 
 import pytest
 
 from .frames import next_data
 from .hubwatch import HubWatch
+from .lookups import held_lookup
 from .sseclient import open_request
 
 INTERVAL_S = 0.05
@@ -81,25 +80,11 @@ async def test_a_finished_run_gets_no_heartbeat_and_a_hung_up_stream_gets_none_e
 async def test_a_slow_database_lookup_delays_neither_heartbeats_nor_events_of_other_streams(port, world, context):
     open_stream = await open_request(port, world.events_path())
     await next_data(open_stream)
-    lookup_started = asyncio.Event()
-    release_lookup = threading.Event()
-    loop = asyncio.get_running_loop()
-    original = context.store.open_stream_sync
-
-    def slow_lookup(*args, **kwargs):
-        loop.call_soon_threadsafe(lookup_started.set)
-        release_lookup.wait(10)
-        return original(*args, **kwargs)
-
-    context.store.open_stream_sync = slow_lookup
-    try:
-        waiting = asyncio.ensure_future(open_request(port, world.events_path()))
-        await asyncio.wait_for(lookup_started.wait(), 5)
+    with held_lookup(context) as lookup:
+        waiting = await lookup.request(port, world.events_path())
         await heartbeat_times(open_stream, 3)  # while the other request's lookup holds a database thread
         context.hub.emit("RUN-1", "llm_token", {"token": "t"})
         assert await next_data(open_stream) == b'data: {"type":"llm_token","token":"t"}\n\n'
         assert not waiting.done()
-    finally:
-        release_lookup.set()
     late = await waiting
     assert (await next_data(late)).startswith(b'data: {"type":"snapshot"')

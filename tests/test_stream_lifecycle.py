@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 
 from .frames import next_data
 from .hubwatch import HubWatch, fd_is_watched
+from .lookups import held_lookup
 from .sseclient import open_request
 
 LOG = b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] step \xe2\x9c\x93"}\n\n'
@@ -97,26 +95,12 @@ async def test_a_client_that_hangs_up_releases_its_registry_entry_wheel_slot_and
 
 @pytest.mark.gen_test
 async def test_a_done_published_while_the_run_is_being_read_still_ends_the_stream(port, world, context):
-    lookup_started = asyncio.Event()
-    release_lookup = threading.Event()
-    loop = asyncio.get_running_loop()
-    original = context.store.open_stream_sync
-
-    def slow_lookup(*args):
-        loop.call_soon_threadsafe(lookup_started.set)
-        release_lookup.wait(10)
-        return original(*args)  # reads the row as it is: still "running"
-
-    context.store.open_stream_sync = slow_lookup
-    try:
-        request = asyncio.ensure_future(open_request(port, world.events_path()))
-        await asyncio.wait_for(lookup_started.wait(), 5)
+    with held_lookup(context) as lookup:
+        request = await lookup.request(port, world.events_path())
         assert context.hub.listener_count("RUN-1") == 1  # registered before the read (docs/stream.md §3)
         context.hub.emit("RUN-1", "done", {"status": "failed", "passed": 0})
-        release_lookup.set()
+        lookup.release()  # the lookup reads the row as it is: still "running"
         response = await request
-    finally:
-        release_lookup.set()
     snapshot = await response.next_event()
     assert snapshot["run"]["status"] == "running"
     assert await next_data(response) == b'data: {"type":"done","status":"failed","passed":0}\n\n'
@@ -126,26 +110,12 @@ async def test_a_done_published_while_the_run_is_being_read_still_ends_the_strea
 
 @pytest.mark.gen_test
 async def test_events_emitted_while_the_run_is_being_read_follow_the_snapshot_in_order(port, world, context):
-    lookup_started = asyncio.Event()
-    release_lookup = threading.Event()
-    loop = asyncio.get_running_loop()
-    original = context.store.open_stream_sync
-
-    def slow_lookup(*args):
-        loop.call_soon_threadsafe(lookup_started.set)
-        release_lookup.wait(10)
-        return original(*args)
-
-    context.store.open_stream_sync = slow_lookup
-    try:
-        request = asyncio.ensure_future(open_request(port, world.events_path()))
-        await asyncio.wait_for(lookup_started.wait(), 5)
+    with held_lookup(context) as lookup:
+        request = await lookup.request(port, world.events_path())
         for n in range(3):
             context.hub.emit("RUN-1", "llm_token", {"token": str(n)})
-        release_lookup.set()
+        lookup.release()
         response = await request
-    finally:
-        release_lookup.set()
     assert (await response.next_event())["type"] == "snapshot"
     for n in range(3):
         assert await next_data(response) == b'data: {"type":"llm_token","token":"%d"}\n\n' % n

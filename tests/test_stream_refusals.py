@@ -29,6 +29,16 @@ def failing_lookup(context, monkeypatch, expect_log, run_id="RUN-1"):  # type: i
     monkeypatch.setattr(context.store, "open_stream", open_stream)
 
 
+def drain_begins_during_lookup(context, monkeypatch):  # type: ignore[no-untyped-def]
+    lookup = context.store.open_stream
+
+    async def drain_begins_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await lookup(*args, **kwargs)
+        context.draining = True
+        return result
+    monkeypatch.setattr(context.store, "open_stream", drain_begins_meanwhile)
+
+
 @pytest.mark.gen_test
 async def test_a_failed_run_lookup_is_503_and_releases_the_reserved_listener(port, world, context, monkeypatch,
                                                                               expect_log):
@@ -55,13 +65,7 @@ async def test_a_failed_run_lookup_over_the_listener_cap_is_503_too(port, world,
 async def test_a_drain_that_starts_while_the_run_is_read_refuses_the_stream_with_retry_after(
         port, world, context, monkeypatch, expect_log):
     expect_log("sentri.access", r"GET /api/v1/runs/RUN-1/events 503$")
-    lookup = context.store.open_stream
-
-    async def drain_begins_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
-        result = await lookup(*args, **kwargs)
-        context.draining = True
-        return result
-    monkeypatch.setattr(context.store, "open_stream", drain_begins_meanwhile)
+    drain_begins_during_lookup(context, monkeypatch)
     response = await open_request(port, world.events_path())
     assert response.status == 503
     assert response.headers["retry-after"] == "1"
@@ -126,13 +130,7 @@ async def test_a_drain_during_the_lookup_refuses_a_finished_run_request_that_got
     rows.run(world.project, id="RUN-2", status="completed")
     context.hub.max_listeners_per_run = 1
     holder = context.hub.reserve("RUN-2")
-    lookup = context.store.open_stream
-
-    async def drain_begins_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
-        result = await lookup(*args, **kwargs)
-        context.draining = True
-        return result
-    monkeypatch.setattr(context.store, "open_stream", drain_begins_meanwhile)
+    drain_begins_during_lookup(context, monkeypatch)
     response = await open_request(port, world.events_path("RUN-2"))
     assert (response.status, response.headers["retry-after"]) == (503, "1")
     assert await response.read_json() == {"error": "server is shutting down", "retryAfter": 1}

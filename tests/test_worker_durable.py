@@ -4,34 +4,24 @@ it publishes, through the same id script as the server; without it, it only publ
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 from sentri.models import Run, RunLog
 
+from .console import sentri_emit
 from .redis_server import redis_server  # noqa: F401 (fixture)
 
 STAMPED = re.compile(r"\[\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\] built the cart")
 
 
 def emit(redis_url, *args, database_url=None):
-    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")}
-    env["REDIS_URL"] = redis_url
-    if database_url is not None:
-        env["DATABASE_URL"] = database_url
-    return subprocess.run([sys.executable, "-m", "sentri.cli", "emit", "RUN-1", *args], env=env,
-                          capture_output=True, timeout=30, check=False)
+    return sentri_emit("RUN-1", *args, redis_url=redis_url, database_url=database_url)
 
 
 def history(redis_server):  # noqa: F811
-    client = redis_server.client()
-    try:
+    with redis_server.client() as client:
         rows = client.xrange("sentri:events:RUN-1")
         return [(event_id.decode(), json.loads(fields[b"d"])) for event_id, fields in rows]
-    finally:
-        client.close()
 
 
 def test_with_a_database_a_log_is_stamped_stored_and_then_published_with_its_id(

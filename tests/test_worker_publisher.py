@@ -4,10 +4,7 @@ message (docs/relay.md §2) that every instance relays, with only ``REDIS_URL`` 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -15,23 +12,20 @@ from sentri import worker_publisher
 from sentri.models import Run, RunLog
 from sentri.worker_publisher import RunEventPublisher
 
+from .console import sentri_emit
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .sseclient import open_request
 from .test_relay import without_id
 
 
-def run_cli(*args, redis_url=None):
-    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
-    if redis_url is not None:
-        env["REDIS_URL"] = redis_url
-    return subprocess.run([sys.executable, "-m", "sentri.cli", "emit", *args], env=env, capture_output=True,
-                          timeout=30, check=False)
+def default_publisher_on(redis_server, monkeypatch):  # noqa: F811
+    """``worker_publisher.emit`` makes its process-wide publisher afresh, from REDIS_URL pointing here."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setattr(worker_publisher, "_default", None)
 
 
 def test_a_worker_publishes_the_node_message_format_with_its_own_origin(redis_server):  # noqa: F811
-    subscriber = redis_server.client().pubsub()
-    subscriber.subscribe("sentri:run:RUN-9")
-    assert subscriber.get_message(timeout=5)["type"] == "subscribe"
+    subscriber = redis_server.subscriber("sentri:run:RUN-9")
     publisher = RunEventPublisher(redis_server.url, origin="worker_7")
     assert publisher.emit("RUN-9", "result", {"result": {"id": "TC-1", "name": "Übersicht"}, "_origin": "x"}) == 1
     publisher.close()
@@ -48,11 +42,8 @@ def test_a_worker_publishes_the_node_message_format_with_its_own_origin(redis_se
 
 
 def test_emit_uses_redis_url_from_the_environment_and_a_unique_worker_origin(redis_server, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setattr(worker_publisher, "_default", None)
-    subscriber = redis_server.client().pubsub()
-    subscriber.subscribe("sentri:run:RUN-9")
-    subscriber.get_message(timeout=5)
+    default_publisher_on(redis_server, monkeypatch)
+    subscriber = redis_server.subscriber("sentri:run:RUN-9")
     assert worker_publisher.emit("RUN-9", "log", {"message": "hi"}) == 1
     data = subscriber.get_message(timeout=5)["data"]
     assert data.startswith(b'{"type":"log","message":"hi","_origin":"worker_')
@@ -61,10 +52,8 @@ def test_emit_uses_redis_url_from_the_environment_and_a_unique_worker_origin(red
 
 
 def test_the_command_line_publishes_an_event_and_says_how_many_instances_listen(redis_server):  # noqa: F811
-    subscriber = redis_server.client().pubsub()
-    subscriber.subscribe("sentri:run:RUN-9")
-    subscriber.get_message(timeout=5)
-    result = run_cli("RUN-9", "done", '{"status":"completed","passed":2}', redis_url=redis_server.url)
+    subscriber = redis_server.subscriber("sentri:run:RUN-9")
+    result = sentri_emit("RUN-9", "done", '{"status":"completed","passed":2}', redis_url=redis_server.url)
     assert (result.returncode, result.stderr) == (0, b"")
     printed = re.fullmatch(rb"published done on run RUN-9 as ([0-9]+-[0-9]+); 1 instance\(s\) listening\n",
                            result.stdout)
@@ -84,19 +73,19 @@ def test_the_command_line_publishes_an_event_and_says_how_many_instances_listen(
     ],
 )
 def test_the_command_line_refuses_bad_input_in_one_line_with_status_2(redis_server, args, message):  # noqa: F811
-    result = run_cli(*args, redis_url=redis_server.url)
+    result = sentri_emit(*args, redis_url=redis_server.url)
     assert (result.returncode, result.stdout, result.stderr) == (2, b"", message)
 
 
 def test_the_command_line_needs_redis_url():
-    result = run_cli("RUN-9", "log", "{}")
+    result = sentri_emit("RUN-9", "log", "{}")
     assert (result.returncode, result.stderr) == (2, b"sentri: REDIS_URL is not set: there is no relay to publish to\n")
 
 
 def test_the_command_line_reports_an_unreachable_redis_in_one_line_without_the_password(redis_server):  # noqa: F811
     url = f"redis://:s3cret-pw@127.0.0.1:{redis_server.port}/0"
     redis_server.stop()
-    result = run_cli("RUN-9", "log", "{}", redis_url=url)
+    result = sentri_emit("RUN-9", "log", "{}", redis_url=url)
     assert (result.returncode, result.stdout, result.stderr) == (
         1, b"", b"sentri: cannot publish to redis (ConnectionError)\n")
 
@@ -132,11 +121,8 @@ def test_the_plain_message_of_a_publisher_ends_with_its_origin_and_ignores_a_pay
 
 
 def test_emit_reuses_one_publisher_per_process(redis_server, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setattr(worker_publisher, "_default", None)
-    subscriber = redis_server.client().pubsub()
-    subscriber.subscribe("sentri:run:RUN-9")
-    subscriber.get_message(timeout=5)
+    default_publisher_on(redis_server, monkeypatch)
+    subscriber = redis_server.subscriber("sentri:run:RUN-9")
     try:
         assert worker_publisher.emit("RUN-9", "log", {"message": "one"}) == 1
         first = worker_publisher._default
@@ -149,19 +135,12 @@ def test_emit_reuses_one_publisher_per_process(redis_server, monkeypatch):  # no
         subscriber.close()
 
 
-def run_cli_with_database(args, redis_url, database_url):
-    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url)
-    return subprocess.run([sys.executable, "-m", "sentri.cli", "emit", *args], env=env, capture_output=True,
-                          timeout=30, check=False)
-
-
 def test_with_a_database_an_event_other_than_log_or_done_is_published_and_not_stored(
         settings, context, world, redis_server):  # noqa: F811
     with context.store.database.connection_context():
         run_before = Run.select().where(Run.id == "RUN-1").dicts().first()
-    result = run_cli_with_database(("RUN-1", "result", '{"result":{"id":"TC-1","status":"passed"}}'),
-                                   redis_server.url, settings.database_url)
+    result = sentri_emit("RUN-1", "result", '{"result":{"id":"TC-1","status":"passed"}}',
+                     redis_url=redis_server.url, database_url=settings.database_url)
     assert (result.returncode, result.stderr) == (0, b"")
     assert re.fullmatch(rb"published result on run RUN-1 as [0-9]+-[0-9]+; 0 instance\(s\) listening\n",
                         result.stdout), result.stdout
@@ -176,7 +155,7 @@ def test_with_a_database_an_event_other_than_log_or_done_is_published_and_not_st
 
 def test_a_database_that_cannot_be_opened_is_reported_in_one_line_without_the_password(redis_server):  # noqa: F811
     url = "postgresql://postgres:s3cret-pw@127.0.0.1:5432/sentri_no_such_database"
-    result = run_cli_with_database(("RUN-1", "log", '{"message":"x"}'), redis_server.url, url)
+    result = sentri_emit("RUN-1", "log", '{"message":"x"}', redis_url=redis_server.url, database_url=url)
     assert (result.returncode, result.stdout) == (2, b"")
     assert re.fullmatch(rb'sentri: DATABASE_URL: cannot open the database \(OperationalError: [^\n]*'
                         rb'database "sentri_no_such_database" does not exist\)\n', result.stderr), result.stderr

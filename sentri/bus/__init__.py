@@ -6,10 +6,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Optional
+from typing import TYPE_CHECKING, AbstractSet, Awaitable, Callable, Mapping, Optional, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..hub import Hub
+    from ..stream import EventStream, Frame
+
+
+class Deliveries(Protocol):
+    """Where a bus hands what it receives: the hub, as far as a bus needs to know it."""
+
+    @property
+    def runs(self) -> Mapping[str, AbstractSet[EventStream]]:
+        """Run id -> the streams open for it in this process."""
+
+    def deliver(self, run_id: str, frame: Frame) -> int:
+        """Write one encoded event to the run's local streams; returns how many."""
+
+    def close_where(self, predicate: Callable[[EventStream], bool], reason: str) -> int:
+        """End every local stream matching ``predicate``; returns how many."""
 
 
 class Bus:
@@ -19,7 +33,7 @@ class Bus:
     #: listeners are dropped before they are even encoded.
     relays = False
 
-    def attach(self, hub: Hub) -> None:
+    def attach(self, hub: Deliveries) -> None:
         """Called once by the hub that receives this bus's messages."""
 
     def subscribe(self, run_id: str) -> None:

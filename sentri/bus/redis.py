@@ -37,7 +37,7 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set
 from urllib.parse import urlsplit
 
 import redis.asyncio
@@ -56,12 +56,9 @@ from ..redis_history import (
     stream_key,
 )
 from ..stream import CloseReason, Frame
-from . import Bus
+from . import Bus, Deliveries
 from . import messages as wire
 from .backoff import Backoff
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..hub import Hub
 
 log = logging.getLogger("sentri.relay")
 
@@ -135,7 +132,7 @@ class RedisBus(Bus):
         self._publish_call = PublishCall(instance_id, history_max_events, history_done_ttl_s, history_idle_ttl_s)
         # Runs being caught up after a reconnect: their live frames wait here meanwhile.
         self._catching_up: Dict[str, List[Frame]] = {}
-        self._hub: Optional[Hub] = None
+        self._hub: Optional[Deliveries] = None
         self._where = describe_url(redis_url)
         # Subscription state. ``_wanted``: runs with local listeners (the hub's view).
         # ``_sent``: channels SUBSCRIBEd on the current connection. ``_confirmed``: those Redis
@@ -171,7 +168,7 @@ class RedisBus(Bus):
 
     # -- the interface the hub uses (synchronous, never waits for Redis) --------------------
 
-    def attach(self, hub: Hub) -> None:
+    def attach(self, hub: Deliveries) -> None:
         self._hub = hub
 
     @property
