@@ -22,6 +22,7 @@ from sentri.tokens import verify
 from sentri.worker_publisher import RunEventPublisher
 
 from .conftest import JWT_SECRET
+from .console import sentri_emit
 from .frames import next_data, open_live
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .services import wait_until
@@ -30,7 +31,6 @@ from .test_jsontext import DEPTH, SHAPES, nested_lists
 from .test_publish_api import PUBLISH_TOKEN, post
 from .test_redis_ids import next_event
 from .test_snapshot import first_frame, run_of
-from .test_worker_publisher import run_cli
 
 TOO_DEEP_BODY = {"error": "body must not nest arrays and objects more than 64 levels deep"}
 TOO_DEEP_EVENT = "an event must not nest arrays and objects more than 64 levels deep"
@@ -116,7 +116,7 @@ class TestPublishersInProcess:
     def test_the_command_line_says_so_in_one_line_with_status_2(self, redis_server, shape):  # noqa: F811
         # As deep as one argument may be (Linux takes at most 128 KiB per argument).
         depth = {"arrays": 60_000, "objects": 20_000}[shape]
-        result = run_cli("RUN-9", "log", '{"message":"x","extra":' + SHAPES[shape](depth) + "}",
+        result = sentri_emit("RUN-9", "log", '{"message":"x","extra":' + SHAPES[shape](depth) + "}",
                          redis_url=redis_server.url)
         assert (result.returncode, result.stdout, result.stderr) == (
             2, b"", b"sentri: JSON: the payload must not nest arrays and objects more than 64 levels deep\n")
