@@ -19,6 +19,7 @@ searched in the formatted message. Lines from any thread count, database threads
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import re
@@ -28,7 +29,7 @@ from typing import Callable, Iterator, List, Optional, Pattern, Type
 
 import pytest
 
-__all__ = ["ExpectedLog", "LogChecker", "expect_log", "fail_on_unexpected_logs"]
+__all__ = ["ExpectedLog", "LogChecker", "expect_log", "fail_on_unexpected_logs", "root_logging_restored"]
 
 
 class ExpectedLog:
@@ -135,3 +136,19 @@ def fail_on_unexpected_logs() -> Iterator[LogChecker]:
 def expect_log(fail_on_unexpected_logs: LogChecker) -> Callable[..., ExpectedLog]:
     """``expect_log(logger, pattern="", level=logging.WARNING, required=True)``; see the module doc."""
     return fail_on_unexpected_logs.expect
+
+
+@contextlib.contextmanager
+def root_logging_restored() -> Iterator[logging.Logger]:
+    """For a test that reconfigures the root logger (``configure_logging`` replaces its
+    handlers): the handlers, this module's checker among them, and the level come back after."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)

@@ -1,11 +1,12 @@
-"""A run lookup held on its database thread, so a test can act while a stream request waits in it."""
+"""A run lookup held on its database thread, so a test can act while a stream request waits in it,
+or racing a producer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .sseclient import open_request
 
@@ -48,3 +49,25 @@ def held_lookup(context: Any) -> Iterator[HeldLookup]:
         yield held
     finally:
         held.release()
+
+
+async def open_racing_a_producer(context: Any, port: int, path: str, store: Callable[[], Any],
+                                 emit: Callable[[], Any]) -> Any:
+    """A stream request whose lookup races a producer: after the stream's history position was
+    read and before its snapshot is, ``store()`` runs on the database thread and ``emit()`` on
+    the loop, so what they add is both in the snapshot and on its way live."""
+    loop = asyncio.get_running_loop()
+    original = context.store.open_stream_sync
+    emitted = threading.Event()
+
+    def lookup_racing_a_producer(*args: Any, **kwargs: Any) -> Any:
+        store()
+        loop.call_soon_threadsafe(lambda: (emit(), emitted.set()))
+        emitted.wait(5)
+        return original(*args, **kwargs)
+
+    context.store.open_stream_sync = lookup_racing_a_producer
+    try:
+        return await open_request(port, path)
+    finally:
+        context.store.open_stream_sync = original

@@ -12,6 +12,7 @@ import pytest
 from sentri.models import RunAgentEvent
 
 from .frames import next_data
+from .lookups import open_racing_a_producer
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .schemas import NEWER, PROJECT
 from .sseclient import open_request
@@ -217,28 +218,13 @@ async def test_the_run_page_shows_the_agents_narrative_from_the_snapshot_and_as_
 
 @pytest.mark.gen_test
 async def test_an_agent_event_stored_during_the_snapshot_read_is_not_sent_again_live(port, world, context):
-    import asyncio
-    import threading
-
     from sentri.event_intake import agent_event_body
     from sentri.writes import append_agent_event
 
-    loop = asyncio.get_running_loop()
-    original = context.store.open_stream_sync
-    emitted = threading.Event()
     racing = agent_event_body({key: value for key, value in FULL.items() if key != "type"})
-
-    def lookup_racing_a_producer(*args, **kwargs):
-        # Stored and published after this stream's history position was read, before its
-        # snapshot is: the event is in the snapshot's agentEvents and arrives live too.
-        append_agent_event("RUN-1", racing)
-        loop.call_soon_threadsafe(lambda: (context.hub.emit("RUN-1", "agent_event", racing), emitted.set()))
-        emitted.wait(5)
-        return original(*args, **kwargs)
-
-    context.store.open_stream_sync = lookup_racing_a_producer
-    response = await open_request(port, world.events_path())
-    context.store.open_stream_sync = original
+    response = await open_racing_a_producer(context, port, world.events_path(),
+                                            lambda: append_agent_event("RUN-1", racing),
+                                            lambda: context.hub.emit("RUN-1", "agent_event", racing))
 
     snapshot = await response.next_event()
     assert [event["message"] for event in snapshot["run"]["agentEvents"]] == [FULL["message"]]

@@ -14,6 +14,8 @@ from sentri.logs import configure_logging
 from sentri.stream import EventStream
 from sentri.streamlog import StreamLogObserver
 
+from .logcheck import root_logging_restored
+
 
 def test_installing_redaction_again_keeps_the_one_factory():
     redact.install_redaction()
@@ -31,22 +33,14 @@ def test_a_record_whose_format_string_is_broken_is_left_for_logging_to_report():
 
 
 def test_configure_logging_replaces_every_root_handler_with_one_writing_json():
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
     stale = logging.StreamHandler(io.StringIO())
-    root.addHandler(stale)
     out = io.StringIO()
-    try:
+    with root_logging_restored() as root:
+        root.addHandler(stale)
         configure_logging("warn", True, stream=out)
         assert len(root.handlers) == 1 and root.handlers[0] is not stale
         assert root.level == logging.WARNING
         logging.getLogger("sentri.test").warning("cookie access_token=secret-value")
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved_handlers:
-            root.addHandler(handler)
-        root.setLevel(saved_level)
     line = json.loads(out.getvalue())
     assert (line["level"], line["msg"]) == ("warn", "cookie access_token=" + redact.REDACTED)
     assert stale.stream.getvalue() == ""  # type: ignore[attr-defined]

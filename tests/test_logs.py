@@ -15,6 +15,7 @@ from sentri.redact import REDACTED, redact
 from sentri.stream import EventStream
 from sentri.streamlog import StreamLogObserver
 
+from .logcheck import root_logging_restored
 from .logsweep import find_secrets, remember_secret
 from .services import wait_until
 from .sseclient import open_request
@@ -77,20 +78,12 @@ def test_a_json_line_without_a_run_leaves_run_id_out_as_node_does(fields):
 
 
 def test_with_log_json_a_stream_line_starts_with_nodes_ts_level_run_id_msg():
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
     out = io.StringIO()
     stream = EventStream(Hub(1.0, 10, 1 << 20), "RUN-1", client_ip="10.0.0.1")
     stream.workspace_id = "WS-1"
-    try:
+    with root_logging_restored():
         configure_logging("info", True, stream=out)
         StreamLogObserver().stream_opened(stream)
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved_handlers:
-            root.addHandler(handler)
-        root.setLevel(saved_level)
     line = json.loads(out.getvalue())
     assert list(line) == ["ts", "level", "runId", "msg", "logger", "workspaceId", "ip"]
     assert (line["level"], line["runId"], line["msg"]) == ("info", "RUN-1", "stream opened")

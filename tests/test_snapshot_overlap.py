@@ -7,15 +7,13 @@ drops the live copy of a line its snapshot already holds.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 
 from sentri.hub import WHEEL_SLOTS
 from sentri.writes import append_log
 
 from .frames import next_data
+from .lookups import open_racing_a_producer
 from .sseclient import open_request
 
 STORED = "[2026-01-01T00:00:01.000Z] stored while the snapshot was read"
@@ -23,21 +21,8 @@ STORED = "[2026-01-01T00:00:01.000Z] stored while the snapshot was read"
 
 @pytest.mark.gen_test
 async def test_a_log_stored_during_the_snapshot_read_is_not_sent_again_live(port, world, context):
-    loop = asyncio.get_running_loop()
-    original = context.store.open_stream_sync
-    emitted = threading.Event()
-
-    def lookup_racing_a_producer(*args, **kwargs):
-        # A producer stores a line and publishes it after this stream's history position was
-        # read and before its snapshot is: the line is in the snapshot and arrives live.
-        append_log("RUN-1", STORED)
-        loop.call_soon_threadsafe(lambda: (context.hub.emit("RUN-1", "log", {"message": STORED}), emitted.set()))
-        emitted.wait(5)
-        return original(*args, **kwargs)
-
-    context.store.open_stream_sync = lookup_racing_a_producer
-    response = await open_request(port, world.events_path())
-    context.store.open_stream_sync = original
+    response = await open_racing_a_producer(context, port, world.events_path(), lambda: append_log("RUN-1", STORED),
+                                            lambda: context.hub.emit("RUN-1", "log", {"message": STORED}))
 
     snapshot = await response.next_event()
     assert snapshot["run"]["logs"] == [STORED]
