@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import jwt
 
+from .jsontext import too_deep
+
 ALGORITHM = "HS256"
 COOKIE_NAME = "access_token"
 
@@ -53,7 +55,7 @@ def token_candidates(
 def verify(token: str, secret: str, is_revoked: Callable[[str], bool] = lambda jti: False) -> Optional[Identity]:
     """The identity a token proves, or None for any token that is not valid now."""
     try:
-        claims = jwt.decode(
+        decoded = jwt.decode_complete(
             token,
             secret,
             algorithms=[ALGORITHM],
@@ -64,7 +66,12 @@ def verify(token: str, secret: str, is_revoked: Callable[[str], bool] = lambda j
         )
     except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
         # PyJWT parses the header (before the signature is checked) and the claims with
-        # json.loads, which cannot parse JSON nested thousands of levels deep: not a token.
+        # json.loads, which on Python 3.11 and older cannot parse JSON nested thousands of
+        # levels deep: not a token.
+        return None
+    claims = decoded["payload"]
+    if too_deep(decoded["header"]) or too_deep(claims):
+        # What 3.12+ parses, a token is still held to the bound every other input is.
         return None
     subject = claims.get("sub")
     jti = claims.get("jti")

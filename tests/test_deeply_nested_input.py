@@ -251,6 +251,14 @@ def test_a_token_whose_header_or_payload_nests_100000_levels_is_not_valid(shape,
     assert verify(forged_token(segment, SHAPES[shape](DEPTH)), JWT_SECRET) is None
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("segment", ["header", "payload"])
+def test_a_token_nesting_one_level_past_the_bound_is_not_valid_on_any_python(shape, segment):
+    # 64 levels with the segment's own object; every Python's parser reads this, the bound refuses it.
+    assert verify(forged_token(segment, SHAPES[shape](63)), JWT_SECRET) is not None
+    assert verify(forged_token(segment, SHAPES[shape](64)), JWT_SECRET) is None
+
+
 def forged_token(segment: str, deep_json: str) -> str:
     """An HS256 token signed with the right secret whose header or payload holds ``deep_json``."""
     def b64url(data: bytes) -> str:
