@@ -95,19 +95,14 @@ class RunEventPublisher:
         return script_result(self._script(keys=keys, args=args))
 
     def _store(self, run_id: str, event_type: str, payload: Dict[str, Any]) -> Dict[str, Any]:
-        from .event_intake import AGENT_EVENT, LOG, prepare
-        from .hub import DONE
-        from .writes import append_agent_event, append_log, finish_run
+        from .event_intake import PreparedEvent, prepare
+        from .writes import commit_writes
 
         body, level = prepare(event_type, payload)
-        assert self._database is not None
-        with self._database.connection_context():
-            if event_type == LOG:
-                append_log(run_id, body["message"], level or "info")
-            elif event_type == DONE:
-                finish_run(run_id, body)
-            elif event_type == AGENT_EVENT and self._has_agent_events:
-                append_agent_event(run_id, body)
+        write = PreparedEvent(event_type, body, level).write(run_id)
+        if write is not None and self._database is not None:
+            with self._database.connection_context():
+                commit_writes([write], self._has_agent_events)
         return body
 
     def close(self) -> None:
