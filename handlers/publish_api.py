@@ -24,6 +24,7 @@ from tornado.routing import Matcher, PathMatches
 
 from sentri import jsontext
 from sentri.event_intake import InvalidEventError, PreparedEvent, prepare
+from sentri.group_commit import RunNotFoundError
 
 from .base import ApiError, JsonHandler
 
@@ -130,11 +131,14 @@ class PublishEventHandler(JsonHandler):
         if publisher is None:
             raise ApiError(404, NOT_FOUND)
         try:
-            if len(run_id) > 128 or not await self.context.store.run_exists(run_id):
+            if len(run_id) > 128:
                 raise ApiError(404, RUN_NOT_FOUND)
-            ids = await publisher.publish_prepared(run_id, events)
+            # The run's check rides in the database turn that stores the events (group commit).
+            ids = await publisher.publish_prepared(run_id, events, require_run=True)
         except ApiError:
             raise
+        except RunNotFoundError:
+            raise ApiError(404, RUN_NOT_FOUND) from None
         except Exception as error:  # the store refused the write: nothing was published; retry later
             self.set_header("Retry-After", "1")
             raise ApiError(503, DATABASE_UNAVAILABLE, f"publish failed: {type(error).__name__}") from None

@@ -132,13 +132,16 @@ class Publisher:
         """Publish one event (raises ``InvalidEventError``); returns its id."""
         return (await self.publish_prepared(run_id, [PreparedEvent(event_type, *prepare(event_type, payload))]))[0]
 
-    async def publish_prepared(self, run_id: str, events: Sequence[PreparedEvent]) -> List[Optional[str]]:
+    async def publish_prepared(self, run_id: str, events: Sequence[PreparedEvent],
+                               require_run: bool = False) -> List[Optional[str]]:
         """Store the events' writes in one transaction, then deliver them in order; their ids.
 
         Nothing is delivered unless every write was committed (the exception is raised).
+        ``require_run``: raise ``RunNotFoundError`` unless the run exists and is not deleted
+        (checked in the same database turn as the writes).
         """
         writes = [write for write in (event.write(run_id) for event in events) if write is not None]
-        await self.committer.commit(writes)
+        await self.committer.commit(writes, run_id if require_run else None)
         if len(events) == 1:
             return [await self.hub.publish(run_id, events[0].event_type, events[0].body)]
         # Started in order (each takes its id, or its place in the relay's outbox, as it starts),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
 import peewee
 
@@ -73,6 +73,16 @@ def _last_seqs(run_ids: Sequence[str]) -> Dict[str, int]:
         for run_id, seq in query:
             last[run_id] = int(seq or 0)
     return last
+
+
+def live_runs(run_ids: Sequence[str]) -> Set[str]:
+    """Which of ``run_ids`` are runs that exist and are not soft-deleted (the publish API's check)."""
+    found: Set[str] = set()
+    for start in range(0, len(run_ids), _IDS_PER_QUERY):
+        chunk = run_ids[start:start + _IDS_PER_QUERY]
+        query: Any = Run.select(Run.id).where(Run.id.in_(chunk) & Run.deletedAt.is_null()).tuples()
+        found.update(run_id for (run_id,) in query)
+    return found
 
 
 def _write_transaction() -> Any:

@@ -153,3 +153,26 @@ def test_a_202_survives_a_kill_9_right_after_it(settings, world, tmp_path):
         database_proxy.initialize(previous)
         database.close_all()
     assert seq == 1 and message.endswith("] kept after a crash")
+
+
+@pytest.mark.gen_test
+async def test_a_publish_for_a_missing_run_fails_alone_in_a_shared_turn(context, world, rows):
+    from sentri.event_intake import PreparedEvent
+    from sentri.group_commit import RunNotFoundError
+
+    rows.run(world.project, id="RUN-GONE", deletedAt="2026-01-02T00:00:00.000Z")
+    publisher = context.publisher
+
+    def line(text):
+        return [PreparedEvent("log", {"message": f"[2026-01-01T00:00:00.000Z] {text}"}, "info")]
+
+    results = await asyncio.gather(
+        *(publisher.publish_prepared("RUN-1", line(f"line {n}"), require_run=True) for n in range(5)),
+        publisher.publish_prepared("RUN-NONE", line("nowhere"), require_run=True),
+        publisher.publish_prepared("RUN-GONE", line("deleted"), require_run=True),
+        return_exceptions=True)
+    assert [type(result) for result in results[5:]] == [RunNotFoundError, RunNotFoundError]
+    assert all(isinstance(result, list) for result in results[:5])
+    with context.store.database.connection_context():
+        assert [seq for seq, _ in stored("RUN-1")] == list(range(1, 6))
+        assert stored("RUN-NONE") == [] and stored("RUN-GONE") == []
