@@ -10,7 +10,6 @@ gives the event its id, delivers it and relays it.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -144,10 +143,7 @@ class Publisher:
         await self.committer.commit(writes, run_id if require_run else None)
         if len(events) == 1:
             return [await self.hub.publish(run_id, events[0].event_type, events[0].body)]
-        # Started in order (each takes its id, or its place in the relay's outbox, as it starts),
-        # awaited together: a batch waits one Redis round trip, not one per event.
-        return list(await asyncio.gather(*(self.hub.publish(run_id, event.event_type, event.body)
-                                           for event in events)))
+        return await self.hub.publish_many(run_id, [(event.event_type, event.body) for event in events])
 
     async def log(self, run_id: str, text: str, level: str = "info") -> Optional[str]:
         return await self.publish(run_id, LOG, {"message": text, "level": level})

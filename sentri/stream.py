@@ -21,7 +21,7 @@ import collections
 import contextlib
 import socket
 import time
-from typing import AbstractSet, Deque, List, Optional, Protocol, Tuple, Union
+from typing import AbstractSet, Deque, List, Optional, Protocol, Sequence, Tuple, Union
 
 from . import sse
 from .history import id_key
@@ -185,16 +185,44 @@ class EventStream:
             if self.held_bytes > self.hub.max_writable_bytes:
                 self.close(CloseReason.TOO_SLOW)
             return
-        if self.snapshot_logs is not None and frame.log_message() in self.snapshot_logs:
+        if not self._takes(frame):
             return
-        key = frame.key
-        if key is not None:
-            if self.last_key is not None and key <= self.last_key:
-                return
-            self.last_key, self.last_event_id = key, frame.event_id
         self.write(frame.wire(self.chunked), frame.replaceable)
         if frame.ends_stream:
             self.end(CloseReason.DONE)
+
+    def send_many(self, frames: Sequence[Frame]) -> None:
+        """Frames that arrived together (a batch): one ``send`` syscall for all, not one each."""
+        if self.closed or self.ending:
+            return
+        if len(frames) == 1 or self.held is not None or self.unsent is not None:
+            # Held, or queued behind unsent bytes (where a frame may replace another): one by one.
+            for frame in frames:
+                self.send(frame)
+            return
+        pieces: List[bytes] = []
+        ends = False
+        for frame in frames:
+            if self._takes(frame):
+                pieces.append(frame.wire(self.chunked))
+                if frame.ends_stream:
+                    ends = True
+                    break
+        if pieces:
+            self.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if ends:
+            self.end(CloseReason.DONE)
+
+    def _takes(self, frame: Frame) -> bool:
+        """Whether a live stream sends ``frame`` (not one it has already); keeps its newest id."""
+        if self.snapshot_logs is not None and frame.log_message() in self.snapshot_logs:
+            return False
+        key = frame.key
+        if key is not None:
+            if self.last_key is not None and key <= self.last_key:
+                return False
+            self.last_key, self.last_event_id = key, frame.event_id
+        return True
 
     def write(self, data: bytes, replaceable: bool = False) -> None:
         if self.closed:
