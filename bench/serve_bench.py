@@ -221,12 +221,28 @@ def main() -> int:
     if delay_ms > 0:
         slow_database(context, delay_ms / 1000)
     tune_gc(settings.gc_threshold)  # as `sentri serve` does
+    if os.environ.get("BENCH_NO_HIREDIS") == "1":
+        without_hiredis()
     if os.environ.get("BENCH_UVLOOP") == "1":  # measured: no gain here (bench/README.md)
         import uvloop
 
         uvloop.install()
     asyncio.run(serve(context))
     return 0
+
+
+def without_hiredis() -> None:
+    """Bench only: the relay's Redis connections parse with redis-py's pure-Python parser even
+    where hiredis is installed (``pip install 'sentri-live[hiredis]'``), to measure what it buys."""
+    import redis.asyncio.connection as connection
+
+    original = connection.AbstractConnection.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["parser_class"] = connection._AsyncRESP2Parser  # switched to RESP3's if protocol 3
+        original(self, *args, **kwargs)
+
+    connection.AbstractConnection.__init__ = init  # type: ignore[method-assign]
 
 
 def slow_database(context: Context, delay_s: float) -> None:
