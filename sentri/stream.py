@@ -236,6 +236,10 @@ class EventStream:
                 self.unsent_bytes -= len(older.data)
                 older.data = b""
                 self.frames_replaced += 1
+                if self.unsent[-1] is older:
+                    # Nothing queued after it: its emptied entry goes too, so a reader that stopped
+                    # reading and gets only frames does not pile up entries the byte bound never sees.
+                    self.unsent.pop()
             self.unsent_frame = UnsentFrame(data)
             self._keep(self.unsent_frame, len(data))
             return

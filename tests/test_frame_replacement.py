@@ -201,3 +201,19 @@ async def watch_a_slow_viewer(reader: SlowReader, hub: Hub) -> None:
     assert ids == sorted(ids, key=lambda text: tuple(int(part) for part in text.split("-")))
     # Caught up: the backlog left when publishing stopped was at most a frame or two.
     assert reader.finished_at - last_published < 3.0
+
+
+@pytest.mark.gen_test
+async def test_a_stalled_reader_getting_only_frames_keeps_one_entry_not_one_per_frame():
+    hub = Hub(heartbeat_interval_s=1.0, max_listeners_per_run=10, max_writable_bytes=64 * 1024)
+    stream, client_end = live_stream(hub)
+    try:
+        fill_kernel_buffers(stream)
+        hub.deliver("RUN-1", log_event(1, "first"))  # whatever room is left goes to it
+        for n in range(2, 1000):
+            hub.deliver("RUN-1", frame_event(n, "F" * 1000))
+        assert not stream.closed and stream.frames_replaced == 997
+        assert stream.unsent is not None and len(stream.unsent) <= 2
+    finally:
+        stream.close("test_teardown")
+        client_end.close()
