@@ -90,6 +90,15 @@ def prepare_sync(run_count: int) -> int:
     return created
 
 
+def stored_log_lines() -> int:
+    return int(RunLog.select().count())
+
+
+def reset_logs_sync() -> int:
+    """``BENCH_RESET_LOGS=1``: drop the lines earlier runs of the bench stored (a reused database)."""
+    return int(RunLog.delete().where(RunLog.seq > len(FIXTURE["logs_seed"])).execute())
+
+
 class EmitHandler(tornado.web.RequestHandler):
     """Bench-only ``POST /emit/<runId>``: the body is the event, as the seed's stub route does."""
 
@@ -171,11 +180,19 @@ async def serve(context: Context) -> None:
         loop.add_signal_handler(signum, stopping.set)
     if os.environ.get("SENTRI_BENCH_DIAG") == "1":
         watcher = asyncio.ensure_future(Diagnostics(context).watch())  # noqa: F841 (runs until exit)
-    print(f"bench server on {context.settings.host}:{context.settings.port} pid {os.getpid()}", flush=True)
+    stored_at_start = await context.store.run(stored_log_lines)
+    print(f"bench server on {context.settings.host}:{context.settings.port} pid {os.getpid()}; "
+          f"run_logs rows {stored_at_start}", flush=True)
     try:
         await stopping.wait()
     finally:
         server.stop()
+        # What a publish benchmark stored, for "every line in run_logs" (bench/README.md).
+        stored = await context.store.run(stored_log_lines) - stored_at_start
+        committer = context.publisher.committer if context.publisher else None
+        if committer is not None:
+            print(f"bench server stored {stored} log lines; group commit: {committer.writes} writes in "
+                  f"{committer.transactions} transactions", flush=True)
         await sentri_app.stop(context)
 
 
@@ -192,6 +209,8 @@ def main() -> int:
     context = sentri_app.build_context(settings)
     run_count = int(os.environ.get("SENTRI_BENCH_RUNS", "100"))
     created = asyncio.run(_prepare(context, run_count))
+    if os.environ.get("BENCH_RESET_LOGS") == "1":
+        asyncio.run(context.store.run(reset_logs_sync))
     if args.prepare_only:
         context.store.close()
         print(f"prepared {created} new runs")
@@ -202,12 +221,28 @@ def main() -> int:
     if delay_ms > 0:
         slow_database(context, delay_ms / 1000)
     tune_gc(settings.gc_threshold)  # as `sentri serve` does
+    if os.environ.get("BENCH_NO_HIREDIS") == "1":
+        without_hiredis()
     if os.environ.get("BENCH_UVLOOP") == "1":  # measured: no gain here (bench/README.md)
         import uvloop
 
         uvloop.install()
     asyncio.run(serve(context))
     return 0
+
+
+def without_hiredis() -> None:
+    """Bench only: the relay's Redis connections parse with redis-py's pure-Python parser even
+    where hiredis is installed (``pip install 'sentri-live[hiredis]'``), to measure what it buys."""
+    import redis.asyncio.connection as connection
+
+    original = connection.AbstractConnection.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["parser_class"] = connection._AsyncRESP2Parser  # switched to RESP3's if protocol 3
+        original(self, *args, **kwargs)
+
+    connection.AbstractConnection.__init__ = init  # type: ignore[method-assign]
 
 
 def slow_database(context: Context, delay_s: float) -> None:

@@ -1,7 +1,10 @@
 """``POST /api/v1/runs/{runId}/events``: publish an event over HTTP, for producers in any language.
 
 Body: a JSON object ``{"type": ..., ...payload}``; answer ``202 {"id": ...}`` (the event's
-id). Authorised by ``Authorization: Bearer <SENTRI_PUBLISH_TOKEN>`` (constant-time compare).
+id). Or a batch: a JSON array of such objects, or NDJSON (``Content-Type:
+application/x-ndjson``, one object per line); answer ``202 {"ids": [...]}`` in order. Every
+event of a batch is checked before any is stored: one bad event refuses the whole batch with
+its ``index`` in the error. Authorised by ``Authorization: Bearer <SENTRI_PUBLISH_TOKEN>`` (constant-time compare).
 With no token configured the endpoint does not exist: 404, the same answer as any unknown
 path, so an unconfigured server does not advertise it.
 
@@ -13,13 +16,15 @@ a byte of the body is read), body size as read (413), JSON (400), nesting at mos
 from __future__ import annotations
 
 import hmac
-from typing import Any, List, Optional
+import json
+from typing import Any, Dict, List, Optional, Tuple
 
 import tornado.web
 from tornado.routing import Matcher, PathMatches
 
 from sentri import jsontext
-from sentri.event_intake import InvalidEventError, prepare
+from sentri.event_intake import InvalidEventError, PreparedEvent, prepare
+from sentri.group_commit import RunNotFoundError
 
 from .base import ApiError, JsonHandler
 
@@ -31,10 +36,28 @@ NOT_AN_OBJECT = {"error": "body must be a JSON object"}
 TOO_DEEP = {"error": f"body must not nest arrays and objects more than {jsontext.MAX_DEPTH} levels deep"}
 DATABASE_UNAVAILABLE = {"error": "database unavailable", "retryAfter": 1}
 RUN_NOT_FOUND = {"error": "run not found"}
+NOT_AN_EVENT = {"error": "an event must be a JSON object"}
+EMPTY_BATCH = {"error": "a batch needs at least one event"}
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
+TYPE_REQUIRED = "type must be a short lowercase word (a-z, 0-9, _; at most 32 characters)"
 
 
 def too_large(limit: int) -> dict:  # type: ignore[type-arg]
     return {"error": "request body too large", "maxBytes": limit}
+
+
+def at(index: Optional[int], body: Dict[str, Any]) -> Dict[str, Any]:
+    """An error body naming the batch event it is about (a single event: no index)."""
+    return body if index is None else {**body, "index": index}
+
+
+def encoded_size(event: Dict[str, Any]) -> int:
+    """Bytes of an event's compact UTF-8 JSON (about what it costs every listener)."""
+    return len(json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def is_ndjson(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() in NDJSON_TYPES
 
 
 class MethodAndPath(Matcher):
@@ -92,34 +115,69 @@ class PublishEventHandler(JsonHandler):
         limit = self.context.settings.publish_max_bytes
         if self._too_large:
             raise ApiError(413, too_large(limit))
-        try:
-            body = jsontext.loads(b"".join(self._body))
-        except jsontext.TooDeepError:
-            raise ApiError(400, TOO_DEEP) from None
-        except ValueError:  # a bad byte (UnicodeDecodeError) included
-            raise ApiError(400, NOT_JSON) from None
-        if not isinstance(body, dict):
-            raise ApiError(400, NOT_AN_OBJECT)
-        event_type = body.get("type")
-        if not isinstance(event_type, str):
-            raise ApiError(400, {"error": "type must be a short lowercase word (a-z, 0-9, _; at most 32 characters)"})
+        raw = b"".join(self._body)
+        items, batch = self._parse(raw)
+        if batch and not items:
+            raise ApiError(400, EMPTY_BATCH)
+        max_events = self.context.settings.publish_max_events
+        if len(items) > max_events:
+            raise ApiError(413, {"error": "too many events in one request", "maxEvents": max_events})
+        # No event can be larger than the whole body: only a large body is measured per event.
+        max_event = self.context.settings.publish_max_event_bytes
+        measure = len(raw) > max_event
+        events = [self._check(item, index if batch else None, max_event if measure else 0)
+                  for index, item in enumerate(items)]
         publisher = self.context.publisher
         if publisher is None:
             raise ApiError(404, NOT_FOUND)
         try:
-            prepare(event_type, body)
-        except InvalidEventError as error:
-            raise ApiError(400, {"error": str(error)}) from None
-        try:
-            if len(run_id) > 128 or not await self.context.store.run_exists(run_id):
+            if len(run_id) > 128:
                 raise ApiError(404, RUN_NOT_FOUND)
-            event_id = await publisher.publish(run_id, event_type, body)
+            # The run's check rides in the database turn that stores the events (group commit).
+            ids = await publisher.publish_prepared(run_id, events, require_run=True)
         except ApiError:
             raise
+        except RunNotFoundError:
+            raise ApiError(404, RUN_NOT_FOUND) from None
         except Exception as error:  # the store refused the write: nothing was published; retry later
             self.set_header("Retry-After", "1")
             raise ApiError(503, DATABASE_UNAVAILABLE, f"publish failed: {type(error).__name__}") from None
-        self.write_json({"id": event_id}, status=202)
+        self.write_json({"ids": ids} if batch else {"id": ids[0]}, status=202)
+
+    def _parse(self, raw: bytes) -> Tuple[List[Any], bool]:
+        """The body's events and whether it is a batch (an array, or NDJSON)."""
+        if is_ndjson(self.request.headers.get("Content-Type", "")):
+            lines = [line for line in raw.split(b"\n") if line.strip()]
+            return [self._loads(line, index) for index, line in enumerate(lines)], True
+        # An array holds its events one level down: the events themselves keep the bound.
+        batch = raw.lstrip()[:1] == b"["
+        body = self._loads(raw, None, jsontext.MAX_DEPTH + 1 if batch else jsontext.MAX_DEPTH)
+        if isinstance(body, list):
+            return body, True
+        return [body], False
+
+    @staticmethod
+    def _loads(raw: bytes, index: Optional[int], max_depth: int = jsontext.MAX_DEPTH) -> Any:
+        try:
+            return jsontext.loads(raw, max_depth)
+        except jsontext.TooDeepError:
+            raise ApiError(400, at(index, TOO_DEEP)) from None
+        except ValueError:  # a bad byte (UnicodeDecodeError) included
+            raise ApiError(400, at(index, NOT_JSON)) from None
+
+    @staticmethod
+    def _check(item: Any, index: Optional[int], max_event_bytes: int) -> PreparedEvent:
+        if not isinstance(item, dict):
+            raise ApiError(400, NOT_AN_OBJECT if index is None else at(index, NOT_AN_EVENT))
+        event_type = item.get("type")
+        if not isinstance(event_type, str):
+            raise ApiError(400, at(index, {"error": TYPE_REQUIRED}))
+        if max_event_bytes and encoded_size(item) > max_event_bytes:
+            raise ApiError(413, at(index, {"error": "event too large", "maxBytes": max_event_bytes}))
+        try:
+            return PreparedEvent(event_type, *prepare(event_type, item))
+        except InvalidEventError as error:
+            raise ApiError(400, at(index, {"error": str(error)})) from None
 
 
 default_handlers = [

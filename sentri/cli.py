@@ -14,7 +14,7 @@ import os
 import secrets
 import signal
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import tornado.httpserver
 import tornado.netutil
@@ -26,6 +26,9 @@ from .context import Context
 from .drain import drain
 from .logs import configure_logging
 from .runtime import tune_gc
+
+if TYPE_CHECKING:
+    from .worker_publisher import RunEventPublisher
 
 log = logging.getLogger("sentri")
 
@@ -71,8 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "prints how many instances were listening.",
     )
     emit.add_argument("run_id", metavar="RUN_ID", help="the run's id (runs.id)")
-    emit.add_argument("event_type", metavar="TYPE", help="the event type: log, result, done, ...")
-    emit.add_argument("payload", metavar="JSON", nargs="?", default="{}",
+    emit.add_argument("event_type", metavar="TYPE", nargs="?", help="the event type: log, result, done, ...")
+    emit.add_argument("--ndjson", metavar="FILE", default=None,
+                      help="publish the events of FILE (- for stdin), one JSON object with its type per line, "
+                      "instead of TYPE and JSON; all are checked before any is published")
+    emit.add_argument("payload", metavar="JSON", nargs="?", default=None,
                       help='the payload fields as a JSON object, e.g. \'{"status":"completed"}\' [default {}]')
     add_setting_flags(emit)
     return parser
@@ -192,33 +198,91 @@ def token(settings: Settings, user_id: str, workspace: Optional[str], lifetime_s
     return 0
 
 
-def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: str) -> int:
-    import redis
-
+def parse_payload(text: str, where: str = "JSON") -> Dict[str, Any]:
     from . import jsontext
-    from .event_intake import EVENT_TYPE_PATTERN, InvalidEventError
+
+    try:
+        payload = jsontext.loads(text)
+    except jsontext.TooDeepError:
+        raise SettingsError(f"{where}: the payload must not nest arrays and objects more than {jsontext.MAX_DEPTH} "
+                            "levels deep") from None
+    except ValueError:
+        raise SettingsError(f"{where}: the payload is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise SettingsError(f"{where}: the payload must be a JSON object")
+    return payload
+
+
+def worker_publisher_for(settings: Settings) -> RunEventPublisher:
     from .worker_publisher import RunEventPublisher
+
+    # With DATABASE_URL set, a log is stored in run_logs (a done on the run row) first.
+    return RunEventPublisher(settings.redis_url, database_url=settings.database_url,
+                             history_max_events=settings.history_max_events,
+                             history_done_ttl_s=settings.history_done_ttl_s,
+                             history_idle_ttl_s=settings.history_idle_ttl_s)
+
+
+def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: str) -> int:
+    from .event_intake import EVENT_TYPE_PATTERN
 
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: there is no relay to publish to")
     if not EVENT_TYPE_PATTERN.fullmatch(event_type):
         raise SettingsError("TYPE must be a short lowercase word (a-z, 0-9, _; at most 32 characters)")
+    payload = parse_payload(payload_json)
+    return publish_events(worker_publisher_for(settings), run_id, [(event_type, payload)])
+
+
+# Events per transaction and Redis pipeline when ``sentri emit --ndjson`` publishes a file.
+NDJSON_BATCH = 500
+
+
+def emit_ndjson(settings: Settings, run_id: str, path: str) -> int:
+    """``sentri emit RUN_ID --ndjson FILE``: every line checked first, then published in batches."""
+    from .event_intake import EVENT_TYPE_PATTERN
+
+    if not settings.redis_url:
+        raise SettingsError("REDIS_URL is not set: there is no relay to publish to")
     try:
-        payload = jsontext.loads(payload_json)
-    except jsontext.TooDeepError:
-        raise SettingsError(f"JSON: the payload must not nest arrays and objects more than {jsontext.MAX_DEPTH} "
-                            "levels deep") from None
-    except ValueError:
-        raise SettingsError("JSON: the payload is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise SettingsError("JSON: the payload must be a JSON object")
-    # With DATABASE_URL set, a log is stored in run_logs (a done on the run row) first.
-    publisher = RunEventPublisher(settings.redis_url, database_url=settings.database_url,
-                                  history_max_events=settings.history_max_events,
-                                  history_done_ttl_s=settings.history_done_ttl_s,
-                                  history_idle_ttl_s=settings.history_idle_ttl_s)
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+    except OSError as error:
+        raise SettingsError(f"--ndjson: cannot read {path} ({error.strerror or type(error).__name__})") from None
+    events: List[Tuple[str, Dict[str, Any]]] = []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        payload = parse_payload(line.decode("utf-8", "surrogateescape"), f"line {number}")
+        event_type = payload.get("type")
+        if not isinstance(event_type, str) or not EVENT_TYPE_PATTERN.fullmatch(event_type):
+            raise SettingsError(f"line {number}: type must be a short lowercase word (a-z, 0-9, _; at most 32 "
+                                "characters)")
+        events.append((event_type, payload))
+    if not events:
+        raise SettingsError("--ndjson: no events to publish")
+    return publish_events(worker_publisher_for(settings), run_id, events)
+
+
+def publish_events(publisher: RunEventPublisher, run_id: str, events: List[Tuple[str, Dict[str, Any]]]) -> int:
+    """Check every event, then publish them in batches (one transaction and pipeline each)."""
+    import redis
+
+    from .event_intake import InvalidEventError
+
     try:
-        event_id, listening = publisher.publish(run_id, event_type, payload)
+        for number, (event_type, payload) in enumerate(events, 1):
+            try:
+                publisher.check(run_id, event_type, payload)
+            except InvalidEventError as error:
+                raise InvalidEventError(f"line {number}: {error}" if len(events) > 1 else str(error)) from None
+        results: List[Tuple[Optional[str], int]] = []
+        for start in range(0, len(events), NDJSON_BATCH):
+            chunk = events[start:start + NDJSON_BATCH]
+            results += publisher.publish_many([(run_id, event_type, payload) for event_type, payload in chunk])
     except InvalidEventError as error:
         print(f"sentri: {error}", file=sys.stderr)
         return 2
@@ -227,7 +291,8 @@ def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: s
         return 1
     finally:
         publisher.close()
-    print(f"published {event_type} on run {run_id} as {event_id}; {listening} instance(s) listening")
+    for (event_type, _), (event_id, listening) in zip(events, results):
+        print(f"published {event_type} on run {run_id} as {event_id}; {listening} instance(s) listening")
     return 0
 
 
@@ -241,7 +306,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "demo":
             return demo(settings, args.step_s, args.runs)
         if args.command == "emit":
-            return emit_event(settings, args.run_id, args.event_type, args.payload)
+            if args.ndjson is not None:
+                if args.event_type is not None or args.payload is not None:
+                    raise SettingsError("--ndjson replaces TYPE and JSON: give one or the other")
+                return emit_ndjson(settings, args.run_id, args.ndjson)
+            if args.event_type is None:
+                raise SettingsError("TYPE is required (or --ndjson FILE)")
+            return emit_event(settings, args.run_id, args.event_type, args.payload or "{}")
         return token(settings, args.user, args.workspace, args.lifetime_s)
     except SettingsError as error:
         return fail(str(error))

@@ -167,7 +167,12 @@ SETTINGS: Tuple[Setting, ...] = (
             "Bearer secret of POST /api/v1/runs/{runId}/events (HTTP publish); unset: that endpoint is 404.",
             secret=True),
     Setting("SENTRI_PUBLISH_MAX_BYTES", int, 1_048_576,
-            "Largest HTTP publish request body, in bytes; larger: 413.", minimum=2),
+            "Largest HTTP publish request body, in bytes (one event or a batch); larger: 413.", minimum=2),
+    Setting("SENTRI_PUBLISH_MAX_EVENTS", int, 1000,
+            "Most events in one HTTP publish request (a JSON array or NDJSON batch); more: 413.", minimum=1),
+    Setting("SENTRI_PUBLISH_MAX_EVENT_BYTES", int, 262_144,
+            "Largest event of an HTTP publish request, in bytes of its JSON; larger: 413 naming its index.",
+            minimum=2),
 )
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

@@ -11,13 +11,14 @@ gives the event its id, delivers it and relays it.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from .group_commit import GroupCommitter
 from .hub import DONE, Hub
 from .jsontext import MAX_DEPTH, too_deep
 from .models import AGENT_EVENT_FRAME_FIELDS, AGENT_PHASES
 from .store import Store
-from .writes import LOG_LEVELS, append_agent_event, append_log, finish_run, fits_integer_column, iso_now, log_message
+from .writes import LOG_LEVELS, Write, fits_integer_column, iso_now, log_message
 
 LOG = "log"
 AGENT_EVENT = "agent_event"
@@ -34,6 +35,20 @@ _STAMPED = re.compile(r"\[\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\] ")
 
 class InvalidEventError(ValueError):
     """An event a publisher may not send; the message is safe to show the publisher."""
+
+
+class PreparedEvent(NamedTuple):
+    """A checked event in its published form (``prepare``)."""
+
+    event_type: str
+    body: Dict[str, Any]
+    level: Optional[str]
+
+    def write(self, run_id: str) -> Optional[Write]:
+        """The durable write this event needs before it is delivered, if any."""
+        if self.event_type in (LOG, DONE, AGENT_EVENT):
+            return Write(run_id, self.event_type, self.body, self.level or "info")
+        return None
 
 
 def check_depth(payload: Mapping[str, Any]) -> None:
@@ -105,26 +120,34 @@ def agent_event_body(body: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 class Publisher:
-    """Stores what must outlive the event, then hands it to the hub."""
+    """Stores what must outlive the event (group-committed), then hands it to the hub."""
 
     def __init__(self, store: Store, hub: Hub) -> None:
         self.store = store
         self.hub = hub
+        self.committer = GroupCommitter(store)
 
     async def publish(self, run_id: str, event_type: str, payload: Mapping[str, Any]) -> Optional[str]:
         """Publish one event (raises ``InvalidEventError``); returns its id."""
-        body, level = prepare(event_type, payload)
-        if event_type == LOG:
-            message, log_level = body["message"], level or "info"
-            await self.store.run(lambda: append_log(run_id, message, log_level))
-        elif event_type == DONE:
-            await self.store.run(lambda: finish_run(run_id, body))
-        elif event_type == AGENT_EVENT and self.store.has_agent_events:
-            await self.store.run(lambda: append_agent_event(run_id, body))
-        return await self.hub.publish(run_id, event_type, body)
+        return (await self.publish_prepared(run_id, [PreparedEvent(event_type, *prepare(event_type, payload))]))[0]
+
+    async def publish_prepared(self, run_id: str, events: Sequence[PreparedEvent],
+                               require_run: bool = False) -> List[Optional[str]]:
+        """Store the events' writes in one transaction, then deliver them in order; their ids.
+
+        Nothing is delivered unless every write was committed (the exception is raised).
+        ``require_run``: raise ``RunNotFoundError`` unless the run exists and is not deleted
+        (checked in the same database turn as the writes).
+        """
+        writes = [write for write in (event.write(run_id) for event in events) if write is not None]
+        await self.committer.commit(writes, run_id if require_run else None)
+        if len(events) == 1:
+            return [await self.hub.publish(run_id, events[0].event_type, events[0].body)]
+        return await self.hub.publish_many(run_id, [(event.event_type, event.body) for event in events])
 
     async def log(self, run_id: str, text: str, level: str = "info") -> Optional[str]:
         return await self.publish(run_id, LOG, {"message": text, "level": level})
 
 
-__all__ = ["AGENT_EVENT", "FINISHED_STATUSES", "InvalidEventError", "Publisher", "check_depth", "prepare"]
+__all__ = ["AGENT_EVENT", "FINISHED_STATUSES", "InvalidEventError", "PreparedEvent", "Publisher", "check_depth",
+           "prepare"]

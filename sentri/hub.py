@@ -8,10 +8,11 @@ every interval and the writes are spread evenly instead of bursting.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from typing import AbstractSet, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import AbstractSet, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from tornado.ioloop import PeriodicCallback
 
@@ -230,6 +231,34 @@ class Hub:
             return await self.bus.publish_event(run_id, *event)
         return self._emit_here(run_id, *event)
 
+    async def publish_many(self, run_id: str,
+                           events: Sequence[Tuple[str, Optional[Mapping[str, Any]]]]) -> List[Optional[str]]:
+        """``publish`` for events of one run published together (a batch), in order.
+
+        Without Redis, each listener gets them in one write (``EventStream.send_many``). With
+        Redis, each goes to the outbox in order and they are awaited together (one round trip).
+        """
+        if self._redis_assigns_ids():
+            return list(await asyncio.gather(*(self.publish(run_id, event_type, payload)
+                                               for event_type, payload in events)))
+        ids: List[Optional[str]] = []
+        frames: List[Frame] = []
+        relayed: List[bytes] = []
+        for event_type, payload in events:
+            event = self._encode(run_id, event_type, payload)
+            if event is None:
+                ids.append(None)
+                continue
+            data, ends_stream = event
+            event_id = self.history.append_now(run_id, data, ends_stream)
+            frames.append(Frame(sse.data_frame(data, event_id), ends_stream=ends_stream, event_id=event_id))
+            relayed.append(data)
+            ids.append(event_id)
+        self.deliver_many(run_id, frames)
+        for data in relayed:
+            self.bus.publish(run_id, data)
+        return ids
+
     def _redis_assigns_ids(self) -> bool:
         return self.bus.assigns_ids and not self.history.assigns_here
 
@@ -259,6 +288,18 @@ class Hub:
         for stream in listeners:
             stream.send(frame)
         self.observer.event_delivered(run_id, len(listeners), len(frame.raw))
+        return len(listeners)
+
+    def deliver_many(self, run_id: str, frames: Sequence[Frame]) -> int:
+        """``deliver`` for frames that arrived together: each listener gets them in one write."""
+        streams = self.runs.get(run_id)
+        if not streams or not frames:
+            return 0
+        listeners = list(streams)
+        for stream in listeners:
+            stream.send_many(frames)
+        for frame in frames:
+            self.observer.event_delivered(run_id, len(listeners), len(frame.raw))
         return len(listeners)
 
     def close_where(self, predicate: Callable[[EventStream], bool], reason: str) -> int:

@@ -7,6 +7,11 @@ registration on the event loop. Writes go straight to ``socket.send``; only byte
 kernel would not take are kept, up to ``SSE_MAX_WRITABLE_BYTES``, past which the stream is
 cut so the client reconnects (docs/stream.md §10). ``close()`` is the single exit: it unregisters the
 stream everywhere and closes the socket, once.
+
+A ``frame`` event (a screencast image) is worth only until the next one: while one waits
+whole in the unsent bytes, a newer one takes its place (the older is dropped, the newer goes
+at the end, so ids still only grow), instead of the bytes growing toward the bound. Every
+other event is kept in order; a frame already partly sent is finished.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import collections
 import contextlib
 import socket
 import time
-from typing import AbstractSet, Deque, List, Optional, Protocol, Tuple, Union
+from typing import AbstractSet, Deque, List, Optional, Protocol, Sequence, Tuple, Union
 
 from . import sse
 from .history import id_key
@@ -36,10 +41,14 @@ class CloseReason:
 ENDING_GRACE_S = 10.0
 
 
+# A screencast ``frame`` event's JSON starts so (the type is always the first key, docs/stream.md §5).
+REPLACEABLE_PREFIXES = (b'{"type":"frame",', b'{"type":"frame"}')
+
+
 class Frame:
     """One event, encoded once for every listener; the chunked form is built on first need."""
 
-    __slots__ = ("raw", "_chunked", "ends_stream", "event_id", "key", "_log_message")
+    __slots__ = ("raw", "_chunked", "ends_stream", "event_id", "key", "_log_message", "replaceable")
 
     def __init__(self, raw: bytes, ends_stream: bool = False, event_id: Optional[str] = None) -> None:
         self.raw = raw
@@ -49,6 +58,8 @@ class Frame:
         # The id as a comparable pair, computed once: each listener drops what it already has.
         self.key = id_key(event_id)
         self._log_message: Union[str, None, bool] = False  # False: not read yet
+        # A newer frame of the run may take this one's place in a slow listener's unsent bytes.
+        self.replaceable = raw.startswith(REPLACEABLE_PREFIXES, raw.find(b"{"))
 
     def log_message(self) -> Optional[str]:
         """A ``log`` event's message (an ``agent_event``'s key), read once per frame and only when a stream asks."""
@@ -65,6 +76,18 @@ class Frame:
 
 
 HEARTBEAT_FRAME = Frame(sse.HEARTBEAT)
+
+
+class UnsentFrame:
+    """A replaceable frame's bytes waiting whole among a stream's unsent bytes; emptied when replaced."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+Unsent = Union[bytes, memoryview, UnsentFrame]
 
 
 class StreamOwner(Protocol):
@@ -96,6 +119,8 @@ class EventStream:
         "held_bytes",
         "unsent",
         "unsent_bytes",
+        "unsent_frame",
+        "frames_replaced",
         "slot",
         "ending",
         "closed",
@@ -121,8 +146,11 @@ class EventStream:
         # Frames that arrive while the snapshot is being read wait here, so none is lost (docs/stream.md §3).
         self.held: Optional[List[Frame]] = []
         self.held_bytes = 0
-        self.unsent: Optional[Deque[Union[bytes, memoryview]]] = None
+        self.unsent: Optional[Deque[Unsent]] = None
         self.unsent_bytes = 0
+        # The replaceable frame waiting whole in ``unsent``, if any, and how many were replaced.
+        self.unsent_frame: Optional[UnsentFrame] = None
+        self.frames_replaced = 0
         self.slot = -1
         self.ending = False
         self.closed = False
@@ -157,22 +185,63 @@ class EventStream:
             if self.held_bytes > self.hub.max_writable_bytes:
                 self.close(CloseReason.TOO_SLOW)
             return
-        if self.snapshot_logs is not None and frame.log_message() in self.snapshot_logs:
+        if not self._takes(frame):
             return
-        key = frame.key
-        if key is not None:
-            if self.last_key is not None and key <= self.last_key:
-                return
-            self.last_key, self.last_event_id = key, frame.event_id
-        self.write(frame.wire(self.chunked))
+        self.write(frame.wire(self.chunked), frame.replaceable)
         if frame.ends_stream:
             self.end(CloseReason.DONE)
 
-    def write(self, data: bytes) -> None:
+    def send_many(self, frames: Sequence[Frame]) -> None:
+        """Frames that arrived together (a batch): one ``send`` syscall for all, not one each."""
+        if self.closed or self.ending:
+            return
+        if len(frames) == 1 or self.held is not None or self.unsent is not None:
+            # Held, or queued behind unsent bytes (where a frame may replace another): one by one.
+            for frame in frames:
+                self.send(frame)
+            return
+        pieces: List[bytes] = []
+        ends = False
+        for frame in frames:
+            if self._takes(frame):
+                pieces.append(frame.wire(self.chunked))
+                if frame.ends_stream:
+                    ends = True
+                    break
+        if pieces:
+            self.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if ends:
+            self.end(CloseReason.DONE)
+
+    def _takes(self, frame: Frame) -> bool:
+        """Whether a live stream sends ``frame`` (not one it has already); keeps its newest id."""
+        if self.snapshot_logs is not None and frame.log_message() in self.snapshot_logs:
+            return False
+        key = frame.key
+        if key is not None:
+            if self.last_key is not None and key <= self.last_key:
+                return False
+            self.last_key, self.last_event_id = key, frame.event_id
+        return True
+
+    def write(self, data: bytes, replaceable: bool = False) -> None:
         if self.closed:
             return
         if self.unsent is not None:
-            self._keep(data)
+            if not replaceable:
+                self._keep(data, len(data))
+                return
+            older = self.unsent_frame
+            if older is not None:  # never sent a byte of it: the client never sees it
+                self.unsent_bytes -= len(older.data)
+                older.data = b""
+                self.frames_replaced += 1
+                if self.unsent[-1] is older:
+                    # Nothing queued after it: its emptied entry goes too, so a reader that stopped
+                    # reading and gets only frames does not pile up entries the byte bound never sees.
+                    self.unsent.pop()
+            self.unsent_frame = UnsentFrame(data)
+            self._keep(self.unsent_frame, len(data))
             return
         try:
             sent = self.sock.send(data)  # type: ignore[union-attr]
@@ -183,13 +252,14 @@ class EventStream:
             return
         if sent < len(data):
             self.unsent = collections.deque()
-            self._keep(memoryview(data)[sent:])
+            rest = memoryview(data)[sent:]
+            self._keep(rest, len(rest))
             if not self.closed:
                 asyncio.get_running_loop().add_writer(self.sock.fileno(), self._on_writable)  # type: ignore[union-attr]
 
-    def _keep(self, data: Union[bytes, memoryview]) -> None:
+    def _keep(self, data: Unsent, size: int) -> None:
         self.unsent.append(data)  # type: ignore[union-attr]
-        self.unsent_bytes += len(data)
+        self.unsent_bytes += size
         if self.unsent_bytes > self.hub.max_writable_bytes:
             self.close(CloseReason.TOO_SLOW)
 
@@ -197,6 +267,14 @@ class EventStream:
         unsent = self.unsent
         while unsent:
             piece = unsent[0]
+            if isinstance(piece, UnsentFrame):
+                # Going out now: from here on it is finished, not replaced.
+                if piece is self.unsent_frame:
+                    self.unsent_frame = None
+                if not piece.data:
+                    unsent.popleft()
+                    continue
+                unsent[0] = piece = piece.data
             try:
                 sent = self.sock.send(piece)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
@@ -210,6 +288,7 @@ class EventStream:
                 return
             unsent.popleft()
         self.unsent = None
+        self.unsent_frame = None
         asyncio.get_running_loop().remove_writer(self.sock.fileno())  # type: ignore[union-attr]
         if self.ending:
             self.close(self.close_reason or CloseReason.DONE)
@@ -262,6 +341,7 @@ class EventStream:
         self.close_reason = reason
         self.held = None
         self.unsent = None
+        self.unsent_frame = None
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None

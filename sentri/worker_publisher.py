@@ -13,14 +13,21 @@ stored in ``run_agent_events`` (where that table exists) and a ``done`` recorded
 row before the event is published, as the server's publishers do (``sentri.event_intake``).
 Without one, the worker publishes only: the event is live and in Redis history, but a
 snapshot read later does not contain it (the producer stores it itself, as Node producers do).
+
+Batching: ``publish_many`` stores a list of events in one transaction and sends their scripts
+in one Redis pipeline (one round trip). With ``batch_window_s`` > 0, ``emit`` checks the event
+at once (raising as ``publish`` does) but only queues it; the queue is sent by ``publish_many``
+when it holds ``batch_max_events`` events, when the window has passed since its first event,
+on ``flush()``, on ``close()`` and at interpreter exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import uuid
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import peewee
 import redis
@@ -28,6 +35,13 @@ import redis
 from .bus import messages as wire
 from .config import SETTINGS_BY_NAME, SettingsError
 from .redis_history import PUBLISH_SCRIPT, PublishCall, script_result
+
+if TYPE_CHECKING:
+    from .event_intake import PreparedEvent
+
+
+# An event checked for publishing: its run and its published form (sentri.event_intake).
+_Checked = Tuple[str, "PreparedEvent"]
 
 
 def new_origin() -> str:
@@ -43,7 +57,8 @@ class RunEventPublisher:
                  database_url: str = "",
                  history_max_events: int = _setting_default("SENTRI_HISTORY_MAX_EVENTS"),
                  history_done_ttl_s: float = _setting_default("SENTRI_HISTORY_DONE_TTL_S"),
-                 history_idle_ttl_s: float = _setting_default("SENTRI_HISTORY_IDLE_TTL_S")) -> None:
+                 history_idle_ttl_s: float = _setting_default("SENTRI_HISTORY_IDLE_TTL_S"),
+                 batch_window_s: float = 0.0, batch_max_events: int = 100) -> None:
         if not redis_url:
             raise ValueError("REDIS_URL is not set: there is no relay to publish to")
         self.origin = origin or new_origin()
@@ -53,6 +68,16 @@ class RunEventPublisher:
         self._call = PublishCall(self.origin, history_max_events, history_done_ttl_s, history_idle_ttl_s)
         self._database: Optional[peewee.Database] = None
         self._has_agent_events = False
+        self.batch_window_s = batch_window_s
+        self.batch_max_events = max(1, batch_max_events)
+        self._queue: List[_Checked] = []
+        self._queue_lock = threading.Lock()
+        # Held while a batch is sent: two flushes never interleave, so events keep their order.
+        self._send_lock = threading.Lock()
+        self._timer: Optional[threading.Timer] = None
+        self._closed = False
+        if batch_window_s > 0:
+            atexit.register(self.flush)  # a worker that exits without close() still sends its tail
         if database_url:
             from .models import AGENT_EVENTS_TABLE, database_proxy
             from .store import ensure_schema, open_database
@@ -74,8 +99,36 @@ class RunEventPublisher:
         return wire.with_origin(wire.encode_event(event_type, dict(payload or {})), self._origin_json)
 
     def emit(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]] = None) -> int:
-        """Publish one event; returns how many instances (subscribers) received it."""
-        return self.publish(run_id, event_type, payload)[1]
+        """Publish one event; returns how many instances (subscribers) received it.
+
+        Batching (``batch_window_s`` > 0): the event is checked, queued, and 0 is returned.
+        """
+        if self.batch_window_s <= 0:
+            return self.publish(run_id, event_type, payload)[1]
+        checked = self.check(run_id, event_type, payload)
+        with self._queue_lock:
+            if self._closed:
+                raise RuntimeError("this publisher is closed")
+            self._queue.append(checked)
+            full = len(self._queue) >= self.batch_max_events
+            if not full and self._timer is None:
+                self._timer = threading.Timer(self.batch_window_s, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if full:
+            self.flush()
+        return 0
+
+    def flush(self) -> None:
+        """Send what ``emit`` queued (batching), in one transaction and one Redis round trip."""
+        with self._send_lock:
+            with self._queue_lock:
+                queued, self._queue = self._queue, []
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            if queued:
+                self._send(queued)
 
     def publish(self, run_id: str, event_type: str,
                 payload: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[str], int]:
@@ -84,34 +137,50 @@ class RunEventPublisher:
         Raises ``sentri.event_intake.InvalidEventError`` for an event a database would refuse,
         and for one nested deeper than the instances read (with or without a database).
         """
-        from .event_intake import check_depth
+        return self.publish_many([(run_id, event_type, payload)])[0]
+
+    def publish_many(self, events: Sequence[Tuple[str, str, Optional[Mapping[str, Any]]]]
+                     ) -> List[Tuple[Optional[str], int]]:
+        """Publish ``(run_id, type, payload)`` events in order: all checked first (one bad
+        event raises and nothing is stored or sent), stored in one transaction, then sent in
+        one Redis pipeline. Returns each event's (id, receivers)."""
+        checked = [self.check(run_id, event_type, payload) for run_id, event_type, payload in events]
+        with self._send_lock:
+            return self._send(checked)
+
+    def check(self, run_id: str, event_type: str, payload: Optional[Mapping[str, Any]]) -> _Checked:
+        """An event in its published form (raises ``InvalidEventError``); nothing is sent."""
+        from .event_intake import PreparedEvent, check_depth, prepare
 
         body: Dict[str, Any] = dict(payload or {})
         check_depth(body)
+        if self._database is None:
+            return run_id, PreparedEvent(event_type, body, None)
+        return run_id, PreparedEvent(event_type, *prepare(event_type, body))
+
+    def _send(self, events: Sequence[_Checked]) -> List[Tuple[Optional[str], int]]:
+        from .writes import commit_writes
+
         if self._database is not None:
-            body = self._store(run_id, event_type, body)
-        event_json = wire.encode_event(event_type, body)
-        keys, args = self._call(run_id, event_json, event_type == "done")
-        return script_result(self._script(keys=keys, args=args))
-
-    def _store(self, run_id: str, event_type: str, payload: Dict[str, Any]) -> Dict[str, Any]:
-        from .event_intake import AGENT_EVENT, LOG, prepare
-        from .hub import DONE
-        from .writes import append_agent_event, append_log, finish_run
-
-        body, level = prepare(event_type, payload)
-        assert self._database is not None
-        with self._database.connection_context():
-            if event_type == LOG:
-                append_log(run_id, body["message"], level or "info")
-            elif event_type == DONE:
-                finish_run(run_id, body)
-            elif event_type == AGENT_EVENT and self._has_agent_events:
-                append_agent_event(run_id, body)
-        return body
+            writes = [write for write in (event.write(run_id) for run_id, event in events) if write is not None]
+            if writes:
+                with self._database.connection_context():
+                    commit_writes(writes, self._has_agent_events)
+        pipeline = self._client.pipeline(transaction=False)
+        for run_id, event in events:
+            keys, args = self._call(run_id, wire.encode_event(event.event_type, event.body), event.event_type == "done")
+            self._script(keys=keys, args=args, client=pipeline)
+        return [script_result(result) for result in pipeline.execute()]
 
     def close(self) -> None:
-        self._client.close()
+        """Send what is queued, then let go of Redis and the database."""
+        try:
+            self.flush()
+        finally:
+            with self._queue_lock:
+                self._closed = True
+            atexit.unregister(self.flush)
+            self._client.close()
         if self._database is not None:
             self._database.close()
 

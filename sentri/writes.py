@@ -1,15 +1,19 @@
 """The few writes this project makes: log lines, agent events, run progress, a run's end.
 
-They run on a database thread (``Store.run``), never on the IOLoop. ``append_log`` takes the
-next ``seq`` inside a transaction that first locks the run's row, so two producers writing
-logs for one run never get the same ``seq``.
+They run on a database thread (``Store.run``), never on the IOLoop. ``commit_writes`` stores
+many events in one transaction (the group commit of ``sentri.group_commit``): it first locks
+every run it appends logs to (SQLite: ``BEGIN IMMEDIATE``, the database's one writer lock;
+PostgreSQL: one transaction-scoped advisory lock per run, taken in one fixed order), then
+reads each run's last ``seq`` and numbers the new lines after it in the order given. So
+producers in any number of processes writing logs for one run never share a ``seq`` and
+leave none out.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
 import peewee
 
@@ -30,35 +34,114 @@ def log_message(text: str, now: Optional[datetime.datetime] = None) -> str:
     return f"[{iso_now(now)}] {text}"
 
 
-def _lock_run(run_id: str) -> None:
+LOG = "log"
+AGENT_EVENT = "agent_event"
+DONE = "done"
+# Rows per INSERT and run ids per IN (...): well under SQLite's bound on bound parameters.
+_ROWS_PER_INSERT = 100
+_IDS_PER_QUERY = 500
+
+
+class Write(NamedTuple):
+    """One durable write: a ``log`` line (body ``message``, ``level``), a checked
+    ``agent_event`` body, or a ``done`` body for the run row."""
+
+    run_id: str
+    kind: str
+    body: Mapping[str, Any]
+    level: str = "info"
+
+
+def _lock_runs(run_ids: Sequence[str]) -> None:
     database = database_proxy.obj
-    if isinstance(database, peewee.PostgresqlDatabase):
-        # A transaction-scoped advisory lock on the run id, not FOR UPDATE on the run's row:
-        # it serialises producers even when the row is missing or held by the Node backend.
-        database.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))  # type: ignore[no-untyped-call]
+    if isinstance(database, peewee.PostgresqlDatabase) and run_ids:
+        # Transaction-scoped advisory locks on the run ids, not FOR UPDATE on the runs' rows:
+        # they serialise producers even when a row is missing or held by the Node backend.
+        # Taken in hash order (PostgreSQL runs a volatile function after ORDER BY), so two
+        # group commits that share runs never wait for each other in a cycle.
+        database.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtext(r) AS k FROM unnest(%s::text[]) AS r) "
+            "AS keys ORDER BY k", (list(run_ids),))
+
+
+def _last_seqs(run_ids: Sequence[str]) -> Dict[str, int]:
+    last: Dict[str, int] = {}
+    for start in range(0, len(run_ids), _IDS_PER_QUERY):
+        chunk = run_ids[start:start + _IDS_PER_QUERY]
+        query: Any = (RunLog.select(RunLog.runId, peewee.fn.MAX(RunLog.seq)).where(RunLog.runId.in_(chunk))
+                 .group_by(RunLog.runId).tuples())
+        for run_id, seq in query:
+            last[run_id] = int(seq or 0)
+    return last
+
+
+def live_runs(run_ids: Sequence[str]) -> Set[str]:
+    """Which of ``run_ids`` are runs that exist and are not soft-deleted (the publish API's check)."""
+    found: Set[str] = set()
+    for start in range(0, len(run_ids), _IDS_PER_QUERY):
+        chunk = run_ids[start:start + _IDS_PER_QUERY]
+        query: Any = Run.select(Run.id).where(Run.id.in_(chunk) & Run.deletedAt.is_null()).tuples()
+        found.update(run_id for (run_id,) in query)
+    return found
+
+
+def _write_transaction() -> Any:
+    database = database_proxy.obj
+    return database.atomic("IMMEDIATE") if isinstance(database, peewee.SqliteDatabase) else database.atomic()
+
+
+def commit_writes(writes: Sequence[Write], agent_events_table: bool = True) -> List[Optional[int]]:
+    """Store ``writes`` in one transaction, in order; returns each log line's ``seq`` (else None).
+
+    An ``agent_event`` is stored only with ``agent_events_table`` (where the table exists).
+    """
+    seqs: List[Optional[int]] = [None] * len(writes)
+    with _write_transaction():
+        log_runs = sorted({write.run_id for write in writes if write.kind == LOG})
+        _lock_runs(log_runs)
+        last = _last_seqs(log_runs)
+        created_at = iso_now()
+        rows: List[Dict[str, Any]] = []
+        agent_rows: List[Dict[str, Any]] = []
+        for index, write in enumerate(writes):
+            if write.kind == LOG:
+                seq = last.get(write.run_id, 0) + 1
+                last[write.run_id] = seq
+                seqs[index] = seq
+                rows.append({"runId": write.run_id, "seq": seq,
+                             "level": write.level if write.level in LOG_LEVELS else "info",
+                             "message": write.body["message"], "createdAt": created_at})
+            elif write.kind == AGENT_EVENT and agent_events_table:
+                agent_rows.append(agent_event_row(write.run_id, write.body))
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            RunLog.insert_many(rows[start:start + _ROWS_PER_INSERT]).execute()
+        for start in range(0, len(agent_rows), _ROWS_PER_INSERT):
+            RunAgentEvent.insert_many(agent_rows[start:start + _ROWS_PER_INSERT]).execute()
+        # After the lines: a run's end is recorded with (never before) what it logged.
+        for write in writes:
+            if write.kind == DONE:
+                finish_run(write.run_id, write.body)
+    return seqs
 
 
 def append_log(run_id: str, message: str, level: str = "info") -> int:
     """Store one log line with the run's next ``seq``; returns that ``seq``."""
-    database = database_proxy.obj
-    begin = database.atomic("IMMEDIATE") if isinstance(database, peewee.SqliteDatabase) else database.atomic()
-    with begin:
-        _lock_run(run_id)
-        last = RunLog.select(peewee.fn.MAX(RunLog.seq)).where(RunLog.runId == run_id).scalar()
-        seq = int(last or 0) + 1
-        RunLog.insert(runId=run_id, seq=seq, level=level if level in LOG_LEVELS else "info",
-                      message=message, createdAt=iso_now()).execute()
-    return seq
+    return int(commit_writes([Write(run_id, LOG, {"message": message}, level)])[0] or 0)
+
+
+def agent_event_row(run_id: str, event: Mapping[str, Any]) -> Dict[str, Any]:
+    data = event.get("data")
+    return {
+        "runId": run_id, "step": event["step"], "agent": event["agent"], "phase": event["phase"],
+        "message": event["message"],
+        "data": None if data is None else json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        "nextAgent": event.get("nextAgent"), "model": event.get("model"), "createdAt": event["createdAt"],
+    }
 
 
 def append_agent_event(run_id: str, event: Mapping[str, Any]) -> None:
     """Store one checked ``agent_event`` (``sentri.event_intake``) in ``run_agent_events``; data as JSON text."""
-    data = event.get("data")
-    RunAgentEvent.insert(
-        runId=run_id, step=event["step"], agent=event["agent"], phase=event["phase"], message=event["message"],
-        data=None if data is None else json.dumps(data, ensure_ascii=False, separators=(",", ":")),
-        nextAgent=event.get("nextAgent"), model=event.get("model"), createdAt=event["createdAt"],
-    ).execute()
+    RunAgentEvent.insert(**agent_event_row(run_id, event)).execute()
 
 
 def update_run(run_id: str, fields: Mapping[str, Any]) -> None:

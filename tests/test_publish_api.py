@@ -68,7 +68,7 @@ async def test_a_chunked_body_growing_past_the_bound_is_refused(port, world):
 @pytest.mark.parametrize(
     "body, error",
     [(b"{not json", "body is not valid JSON"), (b"\xff\xfe", "body is not valid JSON"), (b"", "body is not valid JSON"),
-     (b"[1,2]", "body must be a JSON object"), (b'"log"', "body must be a JSON object"),
+     (b"null", "body must be a JSON object"), (b'"log"', "body must be a JSON object"),
      (b'{"message":"no type"}', "type must be a short lowercase word (a-z, 0-9, _; at most 32 characters)"),
      (b'{"type":"Log"}', "type must be a short lowercase word (a-z, 0-9, _; at most 32 characters)"),
      (b'{"type":"log\\nid: 1"}', "type must be a short lowercase word (a-z, 0-9, _; at most 32 characters)"),

@@ -93,10 +93,10 @@ async def test_a_client_that_stops_reading_is_cut_off_at_the_write_bound(port, w
         emitted = 0
         for _ in range(200):
             emitted += 1
-            context.hub.emit("RUN-1", "frame", {"data": payload})
+            context.hub.emit("RUN-1", "result", {"data": payload})
             if not stream.closed:
                 most_unsent = max(most_unsent, stream.unsent_bytes)
-            assert await next_data(reader) == b'data: {"type":"frame","data":"' + payload.encode() + b'"}\n\n'
+            assert await next_data(reader) == b'data: {"type":"result","data":"' + payload.encode() + b'"}\n\n'
             if stream.closed:
                 break
         assert stream.closed and stream.close_reason == "too_slow"

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AbstractSet, Awaitable, Callable, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, AbstractSet, Awaitable, Callable, Mapping, Optional, Protocol, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..stream import EventStream, Frame
@@ -21,6 +21,9 @@ class Deliveries(Protocol):
 
     def deliver(self, run_id: str, frame: Frame) -> int:
         """Write one encoded event to the run's local streams; returns how many."""
+
+    def deliver_many(self, run_id: str, frames: Sequence[Frame]) -> int:
+        """``deliver`` for frames that arrived together: each stream gets them in one write."""
 
     def close_where(self, predicate: Callable[[EventStream], bool], reason: str) -> int:
         """End every local stream matching ``predicate``; returns how many."""

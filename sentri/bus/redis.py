@@ -132,6 +132,10 @@ class RedisBus(Bus):
         self._publish_call = PublishCall(instance_id, history_max_events, history_done_ttl_s, history_idle_ttl_s)
         # Runs being caught up after a reconnect: their live frames wait here meanwhile.
         self._catching_up: Dict[str, List[Frame]] = {}
+        # Live frames read in this loop turn, by run: delivered together at the turn's end, so a
+        # listener gets every message one socket read brought in one write (``deliver_many``).
+        self._arrived: Dict[str, List[Frame]] = {}
+        self._arrived_delivery: Optional[asyncio.Handle] = None
         self._hub: Optional[Deliveries] = None
         self._where = describe_url(redis_url)
         # Subscription state. ``_wanted``: runs with local listeners (the hub's view).
@@ -216,6 +220,7 @@ class RedisBus(Bus):
             self._outbox_ready.set()
 
     def _deliver_here(self, run_id: str, event_json: bytes, ends_stream: bool) -> None:
+        self._deliver_arrived()
         if self._hub is not None:
             self._hub.deliver(run_id, Frame(sse.data_frame(event_json), ends_stream=ends_stream))
 
@@ -326,6 +331,7 @@ class RedisBus(Bus):
             raise RuntimeError("RedisBus.start() was not called")
         try:
             # From now on, live frames for runs with listeners wait until their gap is repaired.
+            self._deliver_arrived()
             self._catching_up = {run_id: [] for run_id in (self._hub.runs if self._hub is not None else ())}
             await asyncio.wait_for(pubsub.subscribe(wire.TOKEN_REVOKED_CHANNEL), CONNECT_TIMEOUT_S)
             self._last_heard = time.monotonic()
@@ -467,6 +473,7 @@ class RedisBus(Bus):
             self._release_held()
 
     def _repair(self, run_id: str, rows: Any) -> None:
+        self._deliver_arrived()
         held = self._catching_up.pop(run_id, None)
         if held is None or self._hub is None:
             return
@@ -488,6 +495,7 @@ class RedisBus(Bus):
         return min(known)[1] if known else None
 
     def _release_held(self) -> None:
+        self._deliver_arrived()
         catching_up, self._catching_up = self._catching_up, {}
         for run_id, held in catching_up.items():
             for frame in held:
@@ -552,7 +560,27 @@ class RedisBus(Bus):
         if held is not None:
             held.append(frame)
             return
-        self._hub.deliver(run_id, frame)
+        arrived = self._arrived.get(run_id)
+        if arrived is not None:
+            arrived.append(frame)
+            return
+        self._arrived[run_id] = [frame]
+        if self._arrived_delivery is None:
+            self._arrived_delivery = asyncio.get_running_loop().call_soon(self._deliver_arrived)
+
+    def _deliver_arrived(self) -> None:
+        """Deliver the live frames read so far, in order; every other delivery path calls this first."""
+        if self._arrived_delivery is not None:
+            self._arrived_delivery.cancel()
+            self._arrived_delivery = None
+        arrived, self._arrived = self._arrived, {}
+        if self._hub is None:
+            return
+        for run_id, frames in arrived.items():
+            if len(frames) == 1:
+                self._hub.deliver(run_id, frames[0])
+            else:
+                self._hub.deliver_many(run_id, frames)
 
     def _on_token_revoked(self, data: Any) -> None:
         try:
