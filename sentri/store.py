@@ -493,10 +493,11 @@ class Store:
             self.shared += 1
             return await self._run_lookup(user_id, member.value, run_id, include_snapshot, reserved)
         joined = self._workspaces.pending(member_key, None)
-        if joined is not None:  # its answer is kept before it completes: ask again, from what it kept
+        if joined is not None:  # the user's workspace is being read: its answer, as its leader gets it
             self.shared += 1
-            await asyncio.shield(joined)
-            return await self.open_stream(user_id, claimed_workspace, run_id, include_snapshot, reserved)
+            answer = await asyncio.shield(joined)
+            workspace_id = answer.workspace_id if isinstance(answer, StreamLookup) else answer
+            return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved)
         self.reads += 1
         version = self.run_version(run_id) if reserved else None
         if claimed_workspace is not None and self._runs.ready((run_id, claimed_workspace, include_snapshot),

@@ -131,6 +131,23 @@ async def test_connects_at_once_share_one_read_and_all_get_the_snapshot(port, co
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_connects_joining_a_read_take_its_answer_even_when_it_is_too_old_to_keep(port, context, world):
+    # A stalled loop can age an answer past the bound before the connects waiting on it resume.
+    await connected(context)
+    context.store.max_age_s = 0.0
+    reads = context.store.reads
+    opened = await asyncio.gather(*(snapshot_of(port, world.events_path()) for _ in range(20)))
+    assert len(opened) == 20
+    # The membership read and (the first one's run having expired too) one run read joined by the
+    # rest; not a read per connect, each one finding the previous answer already expired.
+    assert context.store.reads <= reads + 2
+    assert len(context.store._workspaces) == 1 and len(context.store._runs) == 1  # kept, expired at once
+    reads = context.store.reads
+    await snapshot_of(port, world.events_path())
+    assert context.store.reads == reads + 1  # nothing reused
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_refusal_is_reused_only_within_the_bound(port, context, world, rows):
     await connected(context)
     other = rows.project(rows.workspace(rows.user(), id="WS-2"), id="PRJ-2")
