@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
@@ -166,5 +167,7 @@ def test_the_server_runs_on_uvloop_when_installed_and_on_asyncio_without_it():
     async def loop_type():
         return type(asyncio.get_running_loop())
 
-    assert run(loop_type()) is uvloop.Loop
-    assert run(loop_type(), use_uvloop=False) is not uvloop.Loop
+    # In a thread of its own: running a loop replaces the thread's current loop (the test's).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        assert thread.submit(lambda: run(loop_type())).result() is uvloop.Loop
+        assert thread.submit(lambda: run(loop_type(), use_uvloop=False)).result() is not uvloop.Loop
