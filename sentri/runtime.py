@@ -10,12 +10,6 @@ sets, handles), and the walk stops the event loop: heartbeats and events wait. T
   bench (6,000 streams): 700 (Python's default) gave 5.2 KB RSS per stream, 20,000 gave
   8.8 KB with no faster connects, because each request leaves reference cycles (Tornado's
   handler, request and connection) that wait for a collection; so the default stays 700.
-* ``FreezeSurvivors``: after each full collection, what survived it (open streams, mostly) is
-  frozen too, so while a reconnect storm fills the process the next full collections walk
-  only what arrived since, not every stream again (measured: GC pauses of a 5,000-client
-  storm halved, README "Reconnect storms"). A request's reference cycle caught alive by a
-  freeze is not collected while frozen, so every ``THAW_INTERVAL_S`` a full collection walks
-  everything again (``gc.unfreeze()``): frozen garbage lives at most that long.
 """
 
 from __future__ import annotations
@@ -23,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-import time
-from typing import Any, Callable, Coroutine, Dict, TypeVar
+from typing import Any, Coroutine, TypeVar
 
 T = TypeVar("T")
 
@@ -33,40 +26,11 @@ T = TypeVar("T")
 OLDER_THRESHOLDS = (10, 10)
 
 
-# Longest time between two full collections that walk every object (frozen ones included).
-THAW_INTERVAL_S = 60.0
-
-
-class FreezeSurvivors:
-    """A ``gc.callbacks`` entry: freeze the survivors of each full collection, thaw every ``interval_s``."""
-
-    def __init__(self, interval_s: float = THAW_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
-                 freeze: Callable[[], None] = gc.freeze, unfreeze: Callable[[], None] = gc.unfreeze) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.freeze = freeze
-        self.unfreeze = unfreeze
-        self.thawed_at = clock()
-
-    def __call__(self, phase: str, info: Dict[str, Any]) -> None:
-        if phase != "stop" or info.get("generation") != 2:
-            return
-        now = self.clock()
-        if now - self.thawed_at >= self.interval_s:
-            # The next full collection walks everything, frozen garbage included; then freezing resumes.
-            self.unfreeze()
-            self.thawed_at = now
-        else:
-            self.freeze()
-
-
 def tune_gc(young_threshold: int) -> None:
     """Freeze what start-up built and collect the young generation every ``young_threshold`` allocations."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(young_threshold, *OLDER_THRESHOLDS)
-    if not any(isinstance(callback, FreezeSurvivors) for callback in gc.callbacks):
-        gc.callbacks.append(FreezeSurvivors())
 
 
 def run(main: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
