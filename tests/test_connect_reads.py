@@ -21,7 +21,9 @@ from sentri.models import Project, Run, WorkspaceMember
 from sentri.stream import Frame
 
 from .conftest import JWT_SECRET, token_for
+from .lookups import held_lookup
 from .redis_server import redis_server  # noqa: F401 (fixture)
+from .services import wait_until
 from .sseclient import open_request
 
 PAST_THE_BOUND_S = MAX_AGE_S + 0.2
@@ -136,8 +138,12 @@ async def test_connects_joining_a_read_take_its_answer_even_when_it_is_too_old_t
     await connected(context)
     context.store.max_age_s = 0.0
     reads = context.store.reads
-    opened = await asyncio.gather(*(snapshot_of(port, world.events_path()) for _ in range(20)))
-    assert len(opened) == 20
+    with held_lookup(context) as lookup:
+        first = await lookup.request(port, world.events_path())
+        others = [asyncio.ensure_future(snapshot_of(port, world.events_path())) for _ in range(19)]
+        await wait_until(lambda: context.store.shared >= 19, what="every other connect joined the first read")
+    opened = await asyncio.gather(*others)
+    assert (await (await first).next_event())["type"] == "snapshot" and len(opened) == 19
     # The membership read and (the first one's run having expired too) one run read joined by the
     # rest; not a read per connect, each one finding the previous answer already expired.
     assert context.store.reads <= reads + 2
