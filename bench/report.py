@@ -24,6 +24,10 @@ ROWS: List[Row] = [
     ("hold 10k: idle CPU %", "hold", "idle_cpu_pct"),
     ("hold-big 19k: connected", "hold-big", "connected"),
     ("hold-big 19k: connect s", "hold-big", "connect_time_s"),
+    ("hold-big 19k: failed connects / non-200", "hold-big", "_failed"),
+    ("hold-big 19k: connects/s", "hold-big", "_rate"),
+    ("hold-big 19k: connects/s ÷ tornado-floor's (same run)", "hold-big", "_floor"),
+    ("hold-big 19k: machine busy before (bg) / other CPU during, % of a core", "hold-big", "_noise"),
     ("hold-big 19k: KB/stream", "hold-big", "rss_per_conn_kb"),
     ("hold-big 19k: idle CPU %", "hold-big", "idle_cpu_pct"),
     ("hold-big 19k: heartbeats rcvd / expected", "hold-big", "_hb"),
@@ -40,6 +44,18 @@ ROWS: List[Row] = [
     ("busiest client process CPU % (fanout / throughput)", "_clients", ""),
     ("machine busy before scenario, % of a core (max)", "_noise", ""),
 ]
+
+
+# The harness's peer doing only what Tornado must per connect (parse, fixed token, fixed snapshot, detach).
+FLOOR_PEER = "tornado-floor"
+
+
+def connects_per_s(result: Dict[str, Any]) -> Optional[float]:
+    """Connections taken in per second while the load connected them (connected / connect time)."""
+    seconds, connected = result.get("connect_time_s"), result.get("connected")
+    if not seconds or not connected:
+        return None
+    return round(connected / seconds)
 
 
 def load(paths: List[str]) -> Tuple[List[Dict[str, Any]], List[str]]:
@@ -86,6 +102,17 @@ def cell(results: List[Dict[str, Any]], peer: str, scenario: str, field: str) ->
         return fmt(max(values)) if values else "–"
     runs = [r["result"] for r in results
             if r["peer"] == peer and r["scenario"] == scenario and "error" not in r["result"]]
+    if field == "_failed":
+        return spread([f"{r.get('failed_connects')} / {r.get('non_200')}" for r in runs])
+    if field == "_rate":
+        return spread([connects_per_s(r) for r in runs])
+    if field == "_floor":
+        floors = [connects_per_s(r["result"]) for r in results if r["peer"] == FLOOR_PEER
+                  and r["scenario"] == scenario and "error" not in r["result"]]
+        floor = max((value for value in floors if value), default=None)
+        return spread([round(rate / floor, 2) for rate in map(connects_per_s, runs) if rate and floor])
+    if field == "_noise":
+        return spread([f"{fmt(r.get('background_busy_pct'))} / {fmt(r.get('other_cpu_pct'))}" for r in runs])
     if field == "_hb":
         return spread([f"{r.get('heartbeats_in_window')} / {r.get('heartbeats_expected')}" for r in runs])
     if field == "_delivered":

@@ -7,6 +7,8 @@
 * ``slowdb``: every query delayed 200 ms. Streams already open keep receiving events and
   heartbeats while new connects wait on the slow database: event latency and heartbeat
   count on the open streams, against the same run with no delay.
+* ``storm-under-load``: 1,000 streams already open receive 200 events/s while N clients
+  connect at once: the open streams' delivery latency during the storm.
 * ``cycles``: 100,000 connect/disconnect cycles in rounds; RSS and gc-tracked objects
   after each round: flat after warm-up means no leak.
 
@@ -260,6 +262,36 @@ def slowdb(harness: str, tok: str, delay_ms: int, held: int = 2000, storm_n: int
         server.stop()
 
 
+def storm_under_load(harness: str, tok: str, storm_n: int, held: int = 1000, rate: float = 200) -> Dict[str, Any]:
+    """Open streams on runs 0-9 get ``rate`` events/s in all; meanwhile ``storm_n`` clients connect at
+    once to runs 10-99 (each authenticated and served a snapshot). Delivery latency of the open
+    streams during the storm, and the time until every newcomer streams."""
+    server = Server("", {"SENTRI_DB_WORKERS": "4"})
+    try:
+        open_streams = Load(harness, server, tok, held, runs=10, procs=1, rate=2000)
+        if not open_streams.wait_ready(120):
+            raise RuntimeError("open streams did not connect")
+        time.sleep(1)
+        seconds = 15
+        publisher = publish(harness, server, events=int(rate * seconds), rate=rate, runs=10)
+        time.sleep(2)  # a steady flow before the storm
+        newcomers = Load(harness, server, tok, storm_n, runs=90, run_base=10, procs=2, rate=0)
+        newcomers_ready = newcomers.wait_ready(60)
+        newcomers_s = time.monotonic() - newcomers.started
+        out, _ = publisher.communicate(timeout=60)
+        newcomer_result = newcomers.stop()
+        result = open_streams.stop()
+        return {"open_streams": held, "events_per_s": rate, "storm_n": storm_n,
+                "events_delivered": result["ts_events"], "events_expected": held * int(rate * seconds) // 10,
+                "latency_p50_ms": result["latency_p50_ms"], "latency_p99_ms": result["latency_p99_ms"],
+                "latency_max_ms": result["latency_max_ms"], "newcomers_connected": newcomer_result["connected"],
+                "newcomers_snapshots": newcomer_result["snapshots"], "newcomers_all_streaming": newcomers_ready,
+                "newcomers_wall_until_all_streaming_s": round(newcomers_s, 2),
+                "publisher": json.loads(out.strip().splitlines()[-1]), "diag": server.diag_lines()[-4:]}
+    finally:
+        server.stop()
+
+
 def cycles(harness: str, tok: str, total: int, per_round: int) -> Dict[str, Any]:
     server = Server()
     rounds: List[Dict[str, Any]] = []
@@ -286,7 +318,7 @@ def cycles(harness: str, tok: str, total: int, per_round: int) -> Dict[str, Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("harness", help="a built copy of ../shared/bench (for sseload and ssepub)")
-    parser.add_argument("--only", default="storm,slowdb,cycles")
+    parser.add_argument("--only", default="storm,slowdb,cycles", help="any of storm,slowdb,cycles,storm-under-load")
     parser.add_argument("--storm-n", type=int, default=19000)
     parser.add_argument("--storm-databases", default="sqlite,postgres")
     parser.add_argument("--cycles", type=int, default=100000)
@@ -316,6 +348,11 @@ def main() -> int:
             results[f"slowdb_{delay}ms"] = slowdb(args.harness, tok, delay)
             log(results[f"slowdb_{delay}ms"])
             save()
+    if "storm-under-load" in only:
+        log(f"storm of {args.storm_n} under a running load")
+        results["storm_under_load"] = storm_under_load(args.harness, tok, args.storm_n)
+        log(results["storm_under_load"])
+        save()
     if "cycles" in only:
         log(f"cycles {args.cycles}")
         results["cycles"] = cycles(args.harness, tok, args.cycles, args.cycles_per_round)

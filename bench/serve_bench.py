@@ -43,7 +43,7 @@ from sentri.config import Settings, load_settings  # noqa: E402
 from sentri.context import Context  # noqa: E402
 from sentri.logs import configure_logging  # noqa: E402
 from sentri.models import Project, Run, RunLog, User, Workspace, WorkspaceMember  # noqa: E402
-from sentri.runtime import tune_gc  # noqa: E402
+from sentri.runtime import run, tune_gc  # noqa: E402
 from sentri.tokens import mint  # noqa: E402
 
 BENCH_USER = {"id": "usr-bench", "name": "Bench User", "email": "bench@sentri.local", "role": "admin"}
@@ -157,10 +157,10 @@ class Diagnostics:
                 now = time.monotonic()
                 self.max_lag_s = max(self.max_lag_s, now - last - 0.1)
                 last = now
-            reads = self.context.store.shared_reads
+            store = self.context.store
             print(f"diag streams={self.context.hub.stream_count} max_loop_lag_ms={self.max_lag_s * 1000:.0f} "
                   f"gc_pause_ms={self.gc_pause_s * 1000:.0f} gc_max_ms={self.gc_max_s * 1000:.0f} "
-                  f"gc_runs={self.gc_runs} lookups_read={reads.reads} lookups_shared={reads.shared} "
+                  f"gc_runs={self.gc_runs} lookups_read={store.reads} lookups_shared={store.shared} "
                   f"objects={len(gc.get_objects())}", flush=True)
             self.max_lag_s = self.gc_pause_s = self.gc_max_s = 0.0
             self.gc_runs = [0, 0, 0]
@@ -223,11 +223,8 @@ def main() -> int:
     tune_gc(settings.gc_threshold)  # as `sentri serve` does
     if os.environ.get("BENCH_NO_HIREDIS") == "1":
         without_hiredis()
-    if os.environ.get("BENCH_UVLOOP") == "1":  # measured: no gain here (bench/README.md)
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(serve(context))
+    # As `sentri serve`: uvloop when installed; BENCH_UVLOOP=0 measures asyncio's own loop.
+    run(serve(context), use_uvloop=os.environ.get("BENCH_UVLOOP") != "0")
     return 0
 
 

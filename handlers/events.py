@@ -19,7 +19,7 @@ from sentri.http import stream_head
 from sentri.resume import StartPlan, plan_start, requested_id, retry_ms
 from sentri.store import StreamLookup, StreamOutcome
 from sentri.stream import CloseReason, EventStream
-from sentri.tokens import Identity, token_candidates, verify
+from sentri.tokens import Identity, token_candidates
 
 from .base import ApiError, JsonHandler
 
@@ -70,7 +70,7 @@ class RunEventsHandler(LenientDecoding):
             self._query_token(),
         )
         for token in candidates:
-            identity = verify(token, self.context.settings.jwt_secret)
+            identity = self.context.tokens.verify(token)
             if identity is None:
                 continue
             if identity.jti and await self.context.revocations.is_revoked(identity.jti):
@@ -106,7 +106,8 @@ class RunEventsHandler(LenientDecoding):
             await self.context.bus.wait_subscribed(run_id, self.context.settings.relay_subscribe_timeout_s)
         # Reserved (live events held) before history is read, history before the database.
         plan = await plan_start(hub.history, run_id, self._last_event_id())
-        lookup = await self._look_up(identity, run_id, stream, include_snapshot=not plan.replays)
+        lookup = await self._look_up(identity, run_id, stream, include_snapshot=not plan.replays,
+                                     reserved=stream is not None)
         try:
             self._check(lookup, stream)
         except ApiError:
@@ -147,11 +148,11 @@ class RunEventsHandler(LenientDecoding):
             hub.finish(stream, head)
 
     async def _look_up(self, identity: Identity, run_id: str, stream: Optional[EventStream],
-                       include_snapshot: bool = True) -> StreamLookup:
+                       include_snapshot: bool = True, reserved: bool = False) -> StreamLookup:
         """The run and its project, off the IOLoop; a database that fails is 503, not 500."""
         try:
             return await self.context.store.open_stream(identity.user_id, identity.workspace_id, run_id,
-                                                        include_snapshot=include_snapshot)
+                                                        include_snapshot=include_snapshot, reserved=reserved)
         except Exception as error:
             if stream is not None:
                 stream.close(CloseReason.REFUSED)

@@ -88,6 +88,7 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
         max_stream_age_s=settings.max_stream_age_s,
         history=make_history(settings, bus),
     )
+    store.run_version = hub.run_version
     return Context(settings=settings, store=store, hub=hub, bus=bus, instance_id=instance_id, metrics=metrics,
                    publisher=Publisher(store, hub), revocations=make_revocations(settings, bus))
 

@@ -25,7 +25,7 @@ from .config import Settings, SettingsError, add_setting_flags, load_settings
 from .context import Context
 from .drain import drain
 from .logs import configure_logging
-from .runtime import tune_gc
+from .runtime import run, tune_gc
 
 if TYPE_CHECKING:
     from .worker_publisher import RunEventPublisher
@@ -141,7 +141,7 @@ async def run_server(context: Context, after_start: Optional[Callable[[int], Non
 def serve(settings: Settings) -> int:
     context = build_context(settings)
     tune_gc(settings.gc_threshold)
-    asyncio.run(run_server(context))
+    run(run_server(context))
     return 0
 
 

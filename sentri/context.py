@@ -7,6 +7,7 @@ from typing import Optional
 
 from .bus import Bus
 from .config import Settings
+from .connect_reads import VerifiedTokens
 from .event_intake import Publisher
 from .hub import Hub
 from .metrics import Metrics
@@ -22,7 +23,11 @@ class Context:
     bus: Bus
     instance_id: str
     revocations: Revocations = field(default_factory=Revocations)
+    tokens: VerifiedTokens = field(init=False)  # verified tokens remembered until their exp
     draining: bool = False
     publish_token: Optional[str] = None
     metrics: Optional[Metrics] = None
     publisher: Optional[Publisher] = None  # every publisher's way in (sentri.event_intake); set by build_context
+
+    def __post_init__(self) -> None:
+        self.tokens = VerifiedTokens(self.settings.jwt_secret)

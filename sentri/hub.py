@@ -72,6 +72,11 @@ class Hub:
         # Where event ids come from and recent events are kept for resume (sentri.history).
         self.history = history or History()
         self.runs: Dict[str, Set[EventStream]] = {}
+        # Per run with listeners, a version that changes with every event delivered to it (and
+        # is new each time the run gains its first listener): a snapshot read at one version
+        # may be shared by streams reserved while it is still current (Store.open_stream).
+        self._versions: Dict[str, int] = {}
+        self._version_clock = 0
         self._wheel: List[Set[EventStream]] = [set() for _ in range(WHEEL_SLOTS)]
         self._cursor = 0
         self._ticker: Optional[PeriodicCallback] = None
@@ -133,11 +138,20 @@ class Hub:
         for streams in list(self.runs.values()):
             yield from list(streams)
 
+    def run_version(self, run_id: str) -> Optional[int]:
+        """The run's current version; None when it has no listener here (nothing relayed is seen)."""
+        return self._versions.get(run_id)
+
+    def _new_version(self, run_id: str) -> None:
+        self._version_clock += 1
+        self._versions[run_id] = self._version_clock
+
     def reserve(self, run_id: str, jti: Optional[str] = None, client_ip: str = "") -> Optional[EventStream]:
         """Register a pending listener before the run is read (docs/stream.md §3), or None at the cap."""
         streams = self.runs.get(run_id)
         if streams is None:
             streams = self.runs[run_id] = set()
+            self._new_version(run_id)
             self.bus.subscribe(run_id)
         elif len(streams) >= self.max_listeners_per_run:
             return None
@@ -199,6 +213,7 @@ class Hub:
         streams.discard(stream)
         if not streams:
             del self.runs[stream.run_id]
+            self._versions.pop(stream.run_id, None)
             self.bus.unsubscribe(stream.run_id)
 
     def stream_closed(self, stream: EventStream) -> None:
@@ -284,6 +299,7 @@ class Hub:
         streams = self.runs.get(run_id)
         if not streams:
             return 0
+        self._new_version(run_id)
         listeners = list(streams)
         for stream in listeners:
             stream.send(frame)

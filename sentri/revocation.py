@@ -24,6 +24,9 @@ log = logging.getLogger("sentri.revocation")
 
 # How long a notice without ``exp`` is remembered locally (Redis keeps the key anyway).
 REMEMBER_WITHOUT_EXP_S = 3600.0
+# How long Redis's "not revoked" for a jti is reused by later connects, from when it was asked.
+# A notice on the channel overrides it at once; a key set without a notice is seen after this.
+NOT_REVOKED_MAX_AGE_S = 1.0
 
 
 class Revocations:
@@ -47,9 +50,15 @@ class RedisRevocations(Revocations):
         self.timeout_s = timeout_s
         self._client: Any = None
         self._remembered: Dict[str, float] = {}  # jti -> until (epoch seconds)
+        # jti -> until (monotonic): Redis said "not revoked" when asked less than NOT_REVOKED_MAX_AGE_S ago.
+        self._not_revoked: Dict[str, float] = {}
+        # jti -> the EXISTS in flight: a storm of connects with one token asks Redis once.
+        self._asking: Dict[str, asyncio.Future[bool]] = {}
         self._failing = False
 
     def remember(self, jti: str, expires_at: Optional[float]) -> None:
+        self._not_revoked.pop(jti, None)
+        self._asking.pop(jti, None)  # an answer in flight may predate the notice: not shared
         now = time.time()
         self._remembered[jti] = expires_at if expires_at is not None else now + REMEMBER_WITHOUT_EXP_S
         if len(self._remembered) > 1024:  # prune what has expired anyway
@@ -59,6 +68,23 @@ class RedisRevocations(Revocations):
         until = self._remembered.get(jti)
         if until is not None and until > time.time():
             return True
+        checked_until = self._not_revoked.get(jti)
+        if checked_until is not None:
+            if checked_until > time.monotonic():
+                return False
+            del self._not_revoked[jti]
+        asking = self._asking.get(jti)
+        if asking is None:
+            asking = self._asking[jti] = asyncio.ensure_future(self._ask(jti))
+            asking.add_done_callback(lambda done: self._asked(jti, done))
+        return await asyncio.shield(asking)
+
+    def _asked(self, jti: str, done: asyncio.Future[bool]) -> None:
+        if self._asking.get(jti) is done:
+            del self._asking[jti]
+
+    async def _ask(self, jti: str) -> bool:
+        asked = time.monotonic()
         try:
             exists = await asyncio.wait_for(self._redis().exists(REVOKED_KEY_PREFIX + jti), self.timeout_s)
         except Exception as error:  # unreachable, slow, or refusing: do not refuse the client for it
@@ -70,6 +96,11 @@ class RedisRevocations(Revocations):
         if self._failing:
             self._failing = False
             log.info("revocation check available again")
+        if not exists and self._asking.get(jti) is not None:  # no notice arrived meanwhile
+            if len(self._not_revoked) > 4096:
+                now = time.monotonic()
+                self._not_revoked = {key: until for key, until in self._not_revoked.items() if until > now}
+            self._not_revoked[jti] = asked + NOT_REVOKED_MAX_AGE_S
         return bool(exists)
 
     def _redis(self) -> Any:

@@ -14,7 +14,12 @@ sets, handles), and the walk stops the event loop: heartbeats and events wait. T
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import sys
+from typing import Any, Coroutine, TypeVar
+
+T = TypeVar("T")
 
 # The middle and oldest thresholds as Python's defaults: a full pass every 100 young passes, so
 # the cycles Tornado leaves per request (handler, request, connection) do not pile up in RSS.
@@ -26,3 +31,26 @@ def tune_gc(young_threshold: int) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(young_threshold, *OLDER_THRESHOLDS)
+
+
+def run(main: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
+    """``asyncio.run(main)`` on uvloop when it is installed (the optional extra ``uvloop``).
+
+    Measured with bench/scenarios.py (README "Reconnect storms"): the accept, epoll and
+    socket calls of a connect cost less on libuv's loop than on asyncio's selector loop.
+    """
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            if sys.version_info >= (3, 11):
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    return runner.run(main)
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # pragma: no cover (Python < 3.11)
+            try:  # pragma: no cover
+                return asyncio.run(main)
+            finally:  # pragma: no cover
+                asyncio.set_event_loop_policy(None)
+    return asyncio.run(main)

@@ -16,7 +16,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import peewee
@@ -24,6 +24,7 @@ from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from . import jsontext, sse
 from .config import SettingsError
+from .connect_reads import MAX_AGE_S, AgedAnswers
 from .models import (
     AGENT_EVENT_FRAME_FIELDS,
     AGENT_EVENTS_TABLE,
@@ -40,7 +41,6 @@ from .models import (
     create_table_statements,
     database_proxy,
 )
-from .shared_reads import SharedReads
 from .signing import ArtifactSigner
 
 T = TypeVar("T")
@@ -168,6 +168,14 @@ class StreamLookup:
     @property
     def is_running(self) -> bool:
         return self.status == "running"
+
+
+NO_WORKSPACE_LOOKUP = StreamLookup(StreamOutcome.NO_WORKSPACE)
+
+
+def _is_found(lookup: StreamLookup) -> bool:
+    """A found run's answer carries a snapshot: reused only at the run version it was read at."""
+    return lookup.outcome is StreamOutcome.FOUND
 
 
 def decode_json_column(raw: Any, default: Any) -> Any:
@@ -331,7 +339,15 @@ class Store:
         self.has_agent_events = False
         # Told how long each ``run`` took, queueing included (the metrics' lookup histogram).
         self.timing: Callable[[float], None] = lambda seconds: None
-        self.shared_reads = SharedReads()
+        # Answers shared between connects (sentri.connect_reads): memberships, and runs with their snapshot.
+        self.max_age_s = MAX_AGE_S
+        self.clock: Callable[[], float] = time.monotonic
+        # The run's version on the hub (changes with every event; None: no listener here).
+        self.run_version: Callable[[str], Optional[int]] = lambda run_id: None
+        self._workspaces: AgedAnswers[Optional[str]] = AgedAnswers()
+        self._runs: AgedAnswers[StreamLookup] = AgedAnswers()
+        self.reads = 0  # lookups that went to the database
+        self.shared = 0  # lookups answered by another's read
 
     def bind(self) -> None:
         """Point the models at this database and learn whether the agent events table exists."""
@@ -429,11 +445,18 @@ class Store:
         return [shape.to_json(values) for values in cursor.fetchall()]
 
     def open_stream_sync(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
-                         include_snapshot: bool = True) -> StreamLookup:
-        """The checks of docs/stream.md §2 and, when ``include_snapshot``, the snapshot (a resume skips it)."""
-        workspace_id = self.resolve_workspace(user_id, claimed_workspace)
+                         include_snapshot: bool = True, member_of: Optional[str] = None) -> StreamLookup:
+        """The checks of docs/stream.md §2 and, when ``include_snapshot``, the snapshot (a resume skips it).
+
+        ``member_of``: the user's workspace, already resolved (within its bound of reuse).
+        """
+        workspace_id = member_of if member_of is not None else self.resolve_workspace(user_id, claimed_workspace)
         if workspace_id is None:
-            return StreamLookup(StreamOutcome.NO_WORKSPACE)
+            return NO_WORKSPACE_LOOKUP
+        return self.run_lookup_sync(workspace_id, run_id, include_snapshot)
+
+    def run_lookup_sync(self, workspace_id: str, run_id: str, include_snapshot: bool = True) -> StreamLookup:
+        """The run as a member of ``workspace_id`` may see it, with its snapshot when ``include_snapshot``."""
         row, in_workspace = self.find_run_in_workspace(run_id, workspace_id)
         if row is None:
             return StreamLookup(StreamOutcome.RUN_NOT_FOUND, workspace_id)
@@ -458,12 +481,84 @@ class Store:
         )
 
     async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
-                          include_snapshot: bool = True) -> StreamLookup:
-        # Concurrent identical connects (a reconnect storm) share one read: see shared_reads.
-        key = (user_id, claimed_workspace, run_id, include_snapshot)
-        return await self.shared_reads.run(
-            key, self.run, lambda: self.open_stream_sync(user_id, claimed_workspace, run_id, include_snapshot)
-        )
+                          include_snapshot: bool = True, reserved: bool = False) -> StreamLookup:
+        """``open_stream_sync``, its answers shared between connects within the bounds of sentri.connect_reads.
+
+        ``reserved``: the caller's stream is registered on the hub (holding live events), so it
+        may take a found run's snapshot read since the run's last event.
+        """
+        member_key = (user_id, claimed_workspace)
+        member = self._workspaces.get(member_key, self.clock())
+        if member is not None:
+            self.shared += 1
+            return await self._run_lookup(user_id, member.value, run_id, include_snapshot, reserved)
+        joined = self._workspaces.pending(member_key, None)
+        if joined is not None:  # the user's workspace is being read: its answer, as its leader gets it
+            self.shared += 1
+            answer = await asyncio.shield(joined)
+            workspace_id = answer.workspace_id if isinstance(answer, StreamLookup) else answer
+            return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved)
+        self.reads += 1
+        version = self.run_version(run_id) if reserved else None
+        if claimed_workspace is not None and self._runs.ready((run_id, claimed_workspace, include_snapshot),
+                                                              self.clock(), version, needs_version=_is_found):
+            # The run is read (or being read) for the workspace the token names: the membership alone.
+            resolving = asyncio.ensure_future(self._resolve_and_keep(user_id, claimed_workspace))
+            self._workspaces.start(member_key, None, resolving)
+            workspace_id = await asyncio.shield(resolving)
+            return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved)
+        # The workspace and the run in one database trip.
+        reading = asyncio.ensure_future(self._read_and_keep(
+            lambda: self.open_stream_sync(user_id, claimed_workspace, run_id, include_snapshot),
+            run_id, include_snapshot, version, member_key))
+        self._workspaces.start(member_key, None, reading)
+        return await asyncio.shield(reading)
+
+    async def _resolve_and_keep(self, user_id: str, claimed_workspace: Optional[str]) -> Optional[str]:
+        def timed() -> Tuple[float, Optional[str]]:
+            return self.clock(), self.resolve_workspace(user_id, claimed_workspace)
+
+        read_at, workspace_id = await self.run(timed)
+        self._workspaces.put((user_id, claimed_workspace), read_at + self.max_age_s, None, workspace_id,
+                             self.clock())
+        return workspace_id
+
+    async def _read_and_keep(self, read: Callable[[], StreamLookup], run_id: str, include_snapshot: bool,
+                             version: Optional[int], member_key: Optional[Tuple[str, Optional[str]]] = None,
+                             ) -> StreamLookup:
+        """``read`` on a database thread, its answers kept before anyone waiting on it resumes."""
+
+        def timed() -> Tuple[float, StreamLookup]:  # when the read began: queueing does not age it
+            return self.clock(), read()
+
+        read_at, lookup = await self.run(timed)
+        now, until = self.clock(), read_at + self.max_age_s
+        if member_key is not None:
+            self._workspaces.put(member_key, until, None, lookup.workspace_id, now)
+        if lookup.workspace_id is not None:
+            self._runs.put((run_id, lookup.workspace_id, include_snapshot), until, version, lookup, now)
+        return lookup
+
+    async def _run_lookup(self, user_id: str, workspace_id: Optional[str], run_id: str, include_snapshot: bool,
+                          reserved: bool) -> StreamLookup:
+        if workspace_id is None:
+            return NO_WORKSPACE_LOOKUP
+        key = (run_id, workspace_id, include_snapshot)
+        version = self.run_version(run_id) if reserved else None
+        entry = self._runs.get(key, self.clock(), version, needs_version=_is_found)
+        if entry is not None:
+            self.shared += 1
+            return entry.value
+        joined = self._runs.pending(key, version)
+        if joined is not None:
+            self.shared += 1
+            return cast(StreamLookup, await asyncio.shield(joined))
+        self.reads += 1
+        task = asyncio.ensure_future(self._read_and_keep(
+            lambda: self.open_stream_sync(user_id, None, run_id, include_snapshot, member_of=workspace_id),
+            run_id, include_snapshot, version))
+        self._runs.start(key, version, task)
+        return cast(StreamLookup, await asyncio.shield(task))
 
     def run_exists_sync(self, run_id: str) -> bool:
         return Run.select(Run.id).where((Run.id == run_id) & Run.deletedAt.is_null()).exists()

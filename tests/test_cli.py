@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
 
 from sentri.cli import build_parser
 from sentri.config import SETTINGS
+from sentri.runtime import run
 
 from .conftest import JWT_SECRET
 from .console import SENTRI, assert_one_line_failure, clean_env, run_sentri, running_demo, sentri
@@ -156,3 +159,15 @@ async def test_sentri_demo_prints_a_curl_whose_url_streams_snapshot_live_logs_an
         assert await response.server_closed()
         code = await demo.exit_code()
         assert code == 0, await demo.stderr_tail()
+
+
+def test_the_server_runs_on_uvloop_when_installed_and_on_asyncio_without_it():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def loop_type():
+        return type(asyncio.get_running_loop())
+
+    # In a thread of its own: running a loop replaces the thread's current loop (the test's).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        assert thread.submit(lambda: run(loop_type())).result() is uvloop.Loop
+        assert thread.submit(lambda: run(loop_type(), use_uvloop=False)).result() is not uvloop.Loop

@@ -8,10 +8,12 @@ folded names go back to camelCase for the names Node's adapter knows, and stay f
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
+from sentri.connect_reads import MAX_AGE_S
 from sentri.store import RowShape, dialect_of
 
 from .frames import next_data
@@ -58,6 +60,11 @@ def add_agent_event(context, run_id, step, agent, phase, message, data, created_
     sql(context, "INSERT INTO run_agent_events (runId, step, agent, phase, message, data, nextAgent, model, createdAt)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", run_id, step, agent, phase, message, data, next_agent, model,
         created_at)
+
+
+async def past_snapshot_reuse():
+    """A change without an event reaches snapshots once the reuse bound has passed (sentri.connect_reads)."""
+    await asyncio.sleep(MAX_AGE_S + 0.1)
 
 
 async def snapshot_frame(port, world, run_id):
@@ -116,6 +123,7 @@ async def test_root_causes_default_to_an_empty_list(port, world, rows, context, 
 async def test_a_column_added_while_the_server_runs_is_in_the_next_snapshot(port, world, context):
     before = run_of(await snapshot_frame(port, world, "RUN-1"))
     sql(context, "ALTER TABLE runs ADD COLUMN flakeBudget INTEGER DEFAULT 3")
+    await past_snapshot_reuse()
     after = run_of(await snapshot_frame(port, world, "RUN-1"))
     assert list(after) == list(before)[:-1] + [folded(context, "flakeBudget"), "agentEvents"]
     assert after[folded(context, "flakeBudget")] == 3
@@ -135,6 +143,7 @@ async def test_the_row_shape_is_computed_once_per_table_shape_not_per_row(port, 
         await snapshot_frame(port, world, "RUN-1")
     assert len(computed) == 2  # one for runs, one for run_agent_events
     sql(context, "ALTER TABLE runs ADD COLUMN flakeBudget INTEGER")
+    await past_snapshot_reuse()
     for _ in range(2):
         await snapshot_frame(port, world, "RUN-1")
     assert len(computed) == 3  # the new shape of runs, once

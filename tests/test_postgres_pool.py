@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 
 from . import pg
+from .conftest import token_for
 from .frames import next_data
 from .services import wait_until
 from .sseclient import open_request
@@ -97,11 +98,16 @@ class TableLock:
 async def test_forty_streams_opening_at_once_all_get_their_snapshot_within_the_pool_bound(
         port, world, rows, context, postgres_url, db_workers):
     assert context.store.database.database == postgres_url.rsplit("/", 1)[1]  # really on PostgreSQL
-    # Forty runs, not one: identical concurrent opens share one read (Store.shared_reads).
+    # Forty runs and forty users, not one: opens of one run (and one user) share their reads (Store.open_stream).
     run_ids = [rows.run(world.project, id=f"RUN-{100 + index}")["id"] for index in range(STREAMS)]
+    tokens = {}
+    for run_id in run_ids:
+        user = rows.user()
+        rows.member(world.workspace, user)
+        tokens[run_id] = token_for(user, world.workspace["id"])
 
     async def open_one(run_id):
-        response = await open_request(port, world.events_path(run_id))
+        response = await open_request(port, world.events_path(run_id, token=tokens[run_id]))
         return response, await next_data(response, timeout=30)
 
     lock = TableLock(postgres_url, "runs")

@@ -11,6 +11,7 @@ import pytest
 
 from sentri.worker_publisher import RunEventPublisher
 
+from .conftest import token_for
 from .frames import open_live
 from .redis_server import FAST_RELAY, RELAY_CONNECTED, live_on_both, redis_not_started, redis_server, second_instance  # noqa: F401 (fixtures)
 from .services import wait_until
@@ -148,7 +149,10 @@ class TestUnresponsive:
                 assert await next_event_frame(on_a) == expected
             assert await on_a.next_frame(timeout=1.0) == b": heartbeat\n\n"
             started = time.monotonic()
-            late = await open_live(port, world)  # the subscription wait is bounded
+            # Another token (jti): its revocation check asks Redis, bounded too (world.token's "not
+            # revoked" is still reused, sentri.revocation).
+            other_token = token_for(world.user, "WS-1")
+            late = await open_live(port, world, headers={"Authorization": f"Bearer {other_token}"})
             assert time.monotonic() - started < 2.0
             await wait_until(lambda: not context.bus.connected, what="the watchdog gives up on redis")
         finally:

@@ -3,6 +3,7 @@ open streams are closed within a second of the notice on ``sentri:token:revoked`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ import jwt
 import pytest
 
 from sentri.bus import Bus
-from sentri.revocation import RedisRevocations, make_revocations
+from sentri.revocation import NOT_REVOKED_MAX_AGE_S, RedisRevocations, make_revocations
 from sentri.stream import CloseReason
 
 from .conftest import JWT_SECRET, token_for
@@ -161,3 +162,50 @@ def test_with_redis_but_a_bus_without_notices_revocations_are_still_checked_in_r
     assert isinstance(revocations, RedisRevocations)
     assert revocations.redis_url == redis_server.url
     assert not hasattr(bus, "revocation_callbacks")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_not_revoked_answer_is_reused_for_at_most_a_second_then_the_key_refuses(
+        port, context, world, redis_server):  # noqa: F811
+    first = await open_request(port, world.events_path())
+    assert first.status == 200  # Redis said "not revoked": reused by connects within the bound
+    client = redis_server.client()
+    client.set(f"sentri:revoked:{jti_of(world.token)}", "1", ex=60)  # no notice
+    client.close()
+    await asyncio.sleep(NOT_REVOKED_MAX_AGE_S + 0.2)
+    response = await open_request(port, world.events_path())
+    assert response.status == 401
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_notice_refuses_the_token_at_once_despite_a_reused_not_revoked_answer(
+        port, context, world, redis_server):  # noqa: F811
+    assert await context.bus.wait_connected(5.0)
+    first = await open_request(port, world.events_path())
+    assert (await first.next_event())["type"] == "snapshot"
+    revoke(redis_server, world.token)
+    assert await first.server_closed(timeout=1.0)  # the notice arrived
+    response = await open_request(port, world.events_path())
+    assert response.status == 401
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_connects_with_one_token_at_once_ask_redis_once(own_redis):
+    own_redis.start()
+    revocations = RedisRevocations(own_redis.url, timeout_s=0.5)
+    asked = []
+    try:
+        exists = revocations._redis().exists
+
+        async def counting(*keys):
+            asked.append(keys)
+            return await exists(*keys)
+
+        revocations._redis().exists = counting
+        assert await asyncio.gather(*(revocations.is_revoked("jti-1") for _ in range(50))) == [False] * 50
+        assert await revocations.is_revoked("jti-1") is False
+        assert len(asked) == 1
+        revocations.remember("jti-1", time.time() + 60)  # a notice overrides the reused answer
+        assert await revocations.is_revoked("jti-1") is True
+    finally:
+        await revocations.close()

@@ -77,11 +77,13 @@ async def test_a_finished_run_gets_no_heartbeat_and_a_hung_up_stream_gets_none_e
 
 
 @pytest.mark.gen_test
-async def test_a_slow_database_lookup_delays_neither_heartbeats_nor_events_of_other_streams(port, world, context):
+async def test_a_slow_database_lookup_delays_neither_heartbeats_nor_events_of_other_streams(
+        port, world, rows, context):
     open_stream = await open_request(port, world.events_path())
     await next_data(open_stream)
+    rows.run(world.project, id="RUN-2")  # RUN-1's snapshot would be reused, not read
     with held_lookup(context) as lookup:
-        waiting = await lookup.request(port, world.events_path())
+        waiting = await lookup.request(port, world.events_path("RUN-2"))
         await heartbeat_times(open_stream, 3)  # while the other request's lookup holds a database thread
         context.hub.emit("RUN-1", "llm_token", {"token": "t"})
         assert await next_data(open_stream) == b'data: {"type":"llm_token","token":"t"}\n\n'
