@@ -67,6 +67,7 @@ class RunEventPublisher:
         self._script = self._client.register_script(PUBLISH_SCRIPT)
         self._call = PublishCall(self.origin, history_max_events, history_done_ttl_s, history_idle_ttl_s)
         self._database: Optional[peewee.Database] = None
+        self._models_were_bound_to: Optional[peewee.Database] = None
         self._has_agent_events = False
         self.batch_window_s = batch_window_s
         self.batch_max_events = max(1, batch_max_events)
@@ -83,6 +84,9 @@ class RunEventPublisher:
             from .store import ensure_schema, open_database
 
             self._database = open_database(database_url, ".", 1)
+            # The models are bound through one proxy: given back on close() (a publisher inside
+            # another program, a test's server, must not keep the models on its database).
+            self._models_were_bound_to = database_proxy.obj
             database_proxy.initialize(self._database)
             try:
                 ensure_schema(self._database)
@@ -182,7 +186,12 @@ class RunEventPublisher:
             atexit.unregister(self.flush)
             self._client.close()
         if self._database is not None:
-            self._database.close()
+            from .models import database_proxy
+            from .store import close_pool
+
+            if database_proxy.obj is self._database:
+                database_proxy.initialize(self._models_were_bound_to)
+            close_pool(self._database)
 
 
 _default: Optional[RunEventPublisher] = None
