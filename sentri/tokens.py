@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import jwt
+from jwt import api_jwt
 
 from .jsontext import too_deep
 
@@ -55,7 +56,7 @@ def token_candidates(
 def verify(token: str, secret: str, is_revoked: Callable[[str], bool] = lambda jti: False) -> Optional[Identity]:
     """The identity a token proves, or None for any token that is not valid now."""
     try:
-        decoded = jwt.decode_complete(
+        decoded = api_jwt.decode_complete(  # top-level jwt.decode_complete only from PyJWT 2.9
             token,
             secret,
             algorithms=[ALGORITHM],
