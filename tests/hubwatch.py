@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable, List
 
 
@@ -13,6 +14,7 @@ class HubWatch:
         self.inner = hub.observer
         self.opened: List[Any] = []
         self.closed: List[Any] = []
+        self.heartbeat_times: List[float] = []  # when the hub sent each heartbeat, by its own clock
         self._changed = asyncio.Event()
         hub.observer = self
 
@@ -28,6 +30,10 @@ class HubWatch:
         self.inner.stream_closed(stream)
         self.closed.append(stream)
         self._changed.set()
+
+    def heartbeats_sent(self, count: int) -> None:
+        self.inner.heartbeats_sent(count)
+        self.heartbeat_times.extend([time.monotonic()] * count)
 
     async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         async def wait() -> None:

@@ -31,17 +31,18 @@ async def heartbeat_times(response, count):
 
 
 @pytest.mark.gen_test
-async def test_a_stream_gets_a_heartbeat_comment_every_interval(port, world):
+async def test_a_stream_gets_a_heartbeat_comment_every_interval(port, world, context):
+    watch = HubWatch(context.hub)
     response = await open_request(port, world.events_path())
     assert (await next_data(response)).startswith(b'data: {"type":"snapshot"')
-    opened = time.monotonic()
-    times = await heartbeat_times(response, 6)
-    # The first comes within one interval of opening (the wheel turns a tenth at a time) ...
-    assert times[0] - opened <= INTERVAL_S * 3
-    # ... and then one per interval: never two in one interval, and on average on time.
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
-    assert min(gaps) >= INTERVAL_S * 0.5, gaps
-    assert sum(gaps) / len(gaps) <= INTERVAL_S * 2.5, gaps
+    await heartbeat_times(response, 6)  # each within 2 s of the one before, each a whole comment
+    # The cadence is judged by the hub's own clock, not by when this (shared, possibly loaded)
+    # loop got round to reading: the wheel visits a stream once per turn, and catching up
+    # after a stall never turns it faster than time passes, so never more than one per
+    # interval (plus the edges). A wheel beating on every tick would send ten times as many.
+    sent = watch.heartbeat_times
+    assert len(sent) >= 6
+    assert len(sent) - 1 <= (sent[-1] - sent[0]) / INTERVAL_S + 2, sent
 
 
 @pytest.mark.gen_test
