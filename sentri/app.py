@@ -49,6 +49,7 @@ def make_bus(settings: Settings, instance_id: str) -> Bus:
         history_max_events=settings.history_max_events,
         history_done_ttl_s=settings.history_done_ttl_s,
         history_idle_ttl_s=settings.history_idle_ttl_s,
+        cluster_node_compat=settings.redis_cluster_node_compat,
     )
 
 

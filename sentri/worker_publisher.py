@@ -34,7 +34,9 @@ import redis
 
 from .bus import messages as wire
 from .config import SETTINGS_BY_NAME, SettingsError
-from .redis_history import PUBLISH_SCRIPT, PublishCall, script_result
+from .redis_history import PublishCall, script_result
+from .redis_router import SyncRedisRouter
+from .redis_slots import Node
 
 if TYPE_CHECKING:
     from .event_intake import PreparedEvent
@@ -63,9 +65,10 @@ class RunEventPublisher:
             raise ValueError("REDIS_URL is not set: there is no relay to publish to")
         self.origin = origin or new_origin()
         self._origin_json = wire.origin_json(self.origin)
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._script = self._client.register_script(PUBLISH_SCRIPT)
-        self._call = PublishCall(self.origin, history_max_events, history_done_ttl_s, history_idle_ttl_s)
+        # One Redis, or on a cluster each run's slot master (asked on first publish).
+        self._router = SyncRedisRouter(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._history_settings = (history_max_events, history_done_ttl_s, history_idle_ttl_s)
+        self._call = PublishCall(self.origin, *self._history_settings)
         self._database: Optional[peewee.Database] = None
         self._models_were_bound_to: Optional[peewee.Database] = None
         self._has_agent_events = False
@@ -170,11 +173,39 @@ class RunEventPublisher:
             if writes:
                 with self._database.connection_context():
                     commit_writes(writes, self._has_agent_events)
-        pipeline = self._client.pipeline(transaction=False)
-        for run_id, event in events:
-            keys, args = self._call(run_id, wire.encode_event(event.event_type, event.body), event.event_type == "done")
-            self._script(keys=keys, args=args, client=pipeline)
-        return [script_result(result) for result in pipeline.execute()]
+        try:
+            return self._publish(events)
+        except redis.RedisError:
+            self._router.stale()  # on a cluster: the slot map is asked again before the next publish
+            raise
+
+    def _publish(self, events: Sequence[_Checked]) -> List[Tuple[Optional[str], int]]:
+        """The scripts in one pipeline per Redis (on a cluster: per master, each in input order).
+
+        Raises ``redis.RedisError`` when Redis is unreachable or a shard refused (a failover
+        or a slot moving): then some events may have been published and others not; the
+        caller may publish again (a retried event can be in history twice, never lost).
+        """
+        self._router.ensure_known()
+        cluster = bool(self._router.is_cluster)
+        if cluster != self._call.cluster:
+            self._call = PublishCall(self.origin, *self._history_settings, cluster=cluster)
+        groups: Dict[Optional[Node], List[int]] = {}
+        for position, (run_id, _) in enumerate(events):
+            groups.setdefault(self._router.owner_of(wire.run_channel(run_id)), []).append(position)
+        results: List[Tuple[Optional[str], int]] = [(None, 0)] * len(events)
+        for node, positions in groups.items():
+            client = self._router.client_at(node)
+            script = client.register_script(self._call.script)
+            pipeline = client.pipeline(transaction=False)
+            for position in positions:
+                run_id, event = events[position]
+                keys, args = self._call(run_id, wire.encode_event(event.event_type, event.body),
+                                        event.event_type == "done")
+                script(keys=keys, args=args, client=pipeline)
+            for position, result in zip(positions, pipeline.execute()):
+                results[position] = script_result(result)
+        return results
 
     def close(self) -> None:
         """Send what is queued, then let go of Redis and the database."""
@@ -184,7 +215,7 @@ class RunEventPublisher:
             with self._queue_lock:
                 self._closed = True
             atexit.unregister(self.flush)
-            self._client.close()
+            self._router.close()
         if self._database is not None:
             from .models import database_proxy
             from .store import close_pool
