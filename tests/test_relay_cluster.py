@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import json
 
+import jwt
 import pytest
 
 from sentri.redis_slots import cluster_keys
 from sentri.worker_publisher import RunEventPublisher
 
+from sentri.bus.messages import REVOKED_KEY_PREFIX
+
+from .conftest import JWT_SECRET, token_for
 from .frames import open_live
 from .redis_cluster import redis_cluster  # noqa: F401 (fixture)
 from .redis_server import RELAY_CONNECTED, second_instance
 from .services import wait_until
+from .test_metrics import METRICS_TOKEN, scrape
 from .sseclient import open_request
 
 CHANNEL = "sentri:run:RUN-1"
@@ -81,15 +86,28 @@ async def test_events_reach_both_instances_exactly_once_in_id_order_over_sharded
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_node_style_classic_publish_is_not_relayed_when_the_compatibility_setting_is_off(
+async def test_with_the_compatibility_setting_off_node_and_python_events_do_not_cross(
         port, context, world, redis_cluster):  # noqa: F811
     assert await context.bus.wait_connected(10.0)
     on_a = await open_live(port, world)
     await wait_until(lambda: redis_cluster.shard_subscribers(CHANNEL) == 1, what="a sharded subscriber")
-    assert redis_cluster.nodes[1].command("PUBLISH", CHANNEL, NODE_MESSAGE) == 0  # nobody listens classic
-    context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] after"})
+    # A Node instance subscribed classic on the run's master, where the publish script runs: a
+    # classic copy of ours would reach it before anything published after.
+    master = redis_cluster.master_of(CHANNEL)
+    node_instance = master.client().pubsub()
+    node_instance.subscribe(CHANNEL)
+    assert node_instance.get_message(timeout=5)["type"] == "subscribe"
+
+    context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] python"})
     frame = await on_a.next_frame(10.0)
+    assert split_frame(frame)[1] == b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] python"}\n\n'
+    assert master.command("PUBLISH", CHANNEL, NODE_MESSAGE) == 1  # only the Node instance listens classic
+    assert node_instance.get_message(timeout=5)["data"] == NODE_MESSAGE  # the first it got: ours never came
+
+    context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] after"})
+    frame = await on_a.next_frame(10.0)  # the next frame after Node's publish is ours: Node's was not relayed
     assert split_frame(frame)[1] == b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] after"}\n\n'
+    node_instance.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -119,12 +137,32 @@ async def test_the_worker_publisher_and_resume_work_against_the_cluster(port, co
 
 @pytest.mark.gen_test(timeout=60)
 async def test_readiness_and_metrics_show_the_cluster_and_each_shard_connection(
-        http_client, port, context, redis_cluster):  # noqa: F811
+        port, context, redis_cluster):  # noqa: F811
     assert await context.bus.wait_connected(10.0)
-    response = await http_client.fetch(f"http://127.0.0.1:{port}/readyz", raise_error=False)
-    assert (response.code, json.loads(response.body)) == (200, {"status": "ready"})
-    text = context.metrics.render().decode() if hasattr(context.metrics, "render") else None
-    assert text is None or "sentri_relay_shard_connected" in text
-    masters = sorted(f"127.0.0.1:{node.port}" for node in redis_cluster.masters())
-    assert sorted(context.bus.shard_connections) == masters
-    assert all(context.bus.shard_connections.values())
+    response = await open_request(port, "/readyz")
+    assert (response.status, await response.read_json()) == (200, {"status": "ready"})
+    context.settings = context.settings.replace(metrics_token=METRICS_TOKEN)
+    samples = await scrape(port)
+    shards = {labels: value for (name, labels), value in samples.items() if name == "sentri_relay_shard_connected"}
+    assert shards == {(("node", f"127.0.0.1:{node.port}"),): 1.0 for node in redis_cluster.masters()}
+    assert samples[("sentri_relay_connected", ())] == 1.0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_revocation_key_on_its_shard_refuses_a_connect_and_a_classic_notice_closes_open_streams(
+        port, context, world, redis_cluster):  # noqa: F811
+    assert await context.bus.wait_connected(10.0)
+    token = token_for(world.user, "WS-1")
+    jti = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["jti"]
+    opened = await open_live(port, world, path=world.events_path(token=token))
+    # Node revokes on a cluster as on one Redis: the key (on its slot's master), then a classic notice.
+    key = REVOKED_KEY_PREFIX + jti
+    with redis_cluster.master_of(key).client() as client:
+        client.set(key, "1", ex=60)
+    redis_cluster.nodes[2].command("PUBLISH", "sentri:token:revoked", json.dumps({"jti": jti}))
+    assert await opened.server_closed(timeout=10.0)
+    context.revocations._remembered.clear()  # now only the key, read on its master, can refuse the connect
+    refused = await open_request(port, world.events_path(token=token))
+    assert refused.status == 401
+    with redis_cluster.master_of(key).client() as client:
+        client.delete(key)
