@@ -60,10 +60,25 @@ class ClusterNode:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Start on the chosen ports; a port taken meanwhile (free_port can race) means new ones."""
+        for attempt in range(5):
+            try:
+                self._start()
+                return
+            except RuntimeError:  # exited before listening: a port was taken since it was chosen
+                if attempt == 4:
+                    raise
+                self.port, self.bus_port = free_port(), free_port()
+
+    def _start(self) -> None:
         os.makedirs(self.folder, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.folder, "--cluster-enabled", "yes", "--cluster-port", str(self.bus_port),
-                "--cluster-config-file", f"nodes-{self.port}.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+                "--cluster-config-file", f"nodes-{self.port}.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                # A replica takes over however long ago it last heard its master (an idle test
+                # cluster's replicas hear it every repl-ping-replica-period only).
+                "--cluster-replica-validity-factor", "0", "--repl-ping-replica-period", "1",
+                "--repl-diskless-sync-delay", "0"]
         with open(os.path.join(self.folder, "redis.log"), "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, process=self.process)
@@ -85,6 +100,10 @@ class ClusterNode:
     def info(self) -> Dict[str, str]:
         text = self.command("CLUSTER", "INFO").decode()
         return dict(line.split(":", 1) for line in text.split("\r\n") if ":" in line)
+
+    def replication(self) -> Dict[str, Any]:
+        with self.client() as client:
+            return dict(client.info("replication"))
 
     def role(self) -> str:
         return str(self.command("ROLE")[0].decode())
@@ -123,6 +142,10 @@ class RedisCluster:
                         "--cluster-replicas", "1", "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         self.wait_settled()
+        # Every replica has its master's data (its first sync done): a master killed later loses
+        # only what it had not sent yet, not everything written since the cluster was made.
+        wait_for(lambda: all(node.replication().get("master_link_status") == "up"
+                             for node in self.alive() if node.role() == "slave"), "replicas in sync")
         return self
 
     def stop(self) -> None:

@@ -9,18 +9,17 @@ import json
 import jwt
 import pytest
 
+from sentri.bus.messages import REVOKED_KEY_PREFIX
 from sentri.redis_slots import cluster_keys
 from sentri.worker_publisher import RunEventPublisher
-
-from sentri.bus.messages import REVOKED_KEY_PREFIX
 
 from .conftest import JWT_SECRET, token_for
 from .frames import open_live
 from .redis_cluster import redis_cluster  # noqa: F401 (fixture)
 from .redis_server import RELAY_CONNECTED, second_instance
 from .services import wait_until
-from .test_metrics import METRICS_TOKEN, scrape
 from .sseclient import open_request
+from .test_metrics import METRICS_TOKEN, scrape
 
 CHANNEL = "sentri:run:RUN-1"
 NODE_MESSAGE = ('{"type":"result","result":{"id":"TC-1","ratio":1e-7,"name":"Übersicht ✓"},'
