@@ -108,6 +108,15 @@ class ClusterNode:
     def role(self) -> str:
         return str(self.command("ROLE")[0].decode())
 
+    def pause(self) -> None:
+        """SIGSTOP: a node that stops answering (and, a replica, cannot take over) until ``resume``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.alive:
             assert self.process is not None
@@ -116,6 +125,7 @@ class ClusterNode:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused node cannot die
             self.process.kill()
             self.process.wait(10)
         self.process = None

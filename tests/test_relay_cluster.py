@@ -5,6 +5,7 @@ One cluster for the module: these tests do not break it (the fault tests have th
 from __future__ import annotations
 
 import json
+import re
 
 import jwt
 import pytest
@@ -14,6 +15,7 @@ from sentri.redis_slots import cluster_keys
 from sentri.worker_publisher import RunEventPublisher
 
 from .conftest import JWT_SECRET, token_for
+from .console import sentri_emit
 from .frames import open_live
 from .redis_cluster import redis_cluster  # noqa: F401 (fixture)
 from .redis_server import RELAY_CONNECTED, second_instance
@@ -165,3 +167,16 @@ async def test_a_revocation_key_on_its_shard_refuses_a_connect_and_a_classic_not
     assert refused.status == 401
     with redis_cluster.master_of(key).client() as client:
         client.delete(key)
+
+
+def test_sentri_emit_publishes_on_the_runs_master_whichever_node_it_is_given(redis_cluster):  # noqa: F811
+    other = next(node for node in redis_cluster.masters() if node is not redis_cluster.master_of(CHANNEL))
+    result = sentri_emit("RUN-1", "log", '{"message":"[2026-01-01T00:00:00.000Z] from emit"}', redis_url=other.url)
+    assert (result.returncode, result.stderr) == (0, b"")
+    printed = re.fullmatch(rb"published log on run RUN-1 as ([0-9]+-[0-9]+); 0 instance\(s\) listening\n",
+                           result.stdout)
+    assert printed is not None, result.stdout
+    with redis_cluster.master_of(CHANNEL).client() as client:
+        rows = client.xrange(cluster_keys("RUN-1").stream)
+    assert [(event_id, fields[b"d"]) for event_id, fields in rows] == [
+        (printed.group(1), b'{"type":"log","message":"[2026-01-01T00:00:00.000Z] from emit"}')]

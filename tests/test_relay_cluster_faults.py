@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -29,6 +30,7 @@ from .redis_server import RELAY_CONNECTED, second_instance
 from .sseclient import open_request
 
 CHANNEL = "sentri:run:RUN-1"
+PUBLISH_TOKEN = "publish-secret-0123456789"
 RATE_PER_S = 1500  # the publisher's pace; the issue's target is at least 1,000 events/s
 BATCH = 15  # events per pipeline (one round trip)
 BEFORE_FAULT = 1500  # events answered before the fault is made
@@ -121,14 +123,18 @@ def history(cluster: RedisCluster) -> List[Tuple[str, bytes]]:
 
 
 @pytest.fixture
-def settings(settings, redis_cluster_own):  # noqa: F811 - instance A on the first node only
-    return settings.replace(redis_url=redis_cluster_own.nodes[0].url, relay_retry_max_s=0.2, retry_ms=0,
-                            history_max_events=100_000)
+def settings(settings, redis_cluster_own):  # noqa: F811
+    # Instance A names only the run's master: when that one dies, the relay finds the cluster
+    # through the nodes it learned from it.
+    return settings.replace(redis_url=redis_cluster_own.master_of(CHANNEL).url, relay_retry_max_s=0.2,
+                            retry_ms=0, history_max_events=100_000, publish_token=PUBLISH_TOKEN)
 
 
 @pytest.fixture
-def instance_b(settings, redis_cluster_own, tmp_path, world):  # noqa: F811 - instance B on the fourth node
-    with second_instance(settings.database_url, redis_cluster_own.nodes[3].url, tmp_path,
+def instance_b(settings, redis_cluster_own, tmp_path, world):  # noqa: F811
+    # Instance B names only that master's replica: a replica answers CLUSTER SLOTS too.
+    replica = redis_cluster_own.replica_of(redis_cluster_own.master_of(CHANNEL))
+    with second_instance(settings.database_url, replica.url, tmp_path,
                          SENTRI_HISTORY_MAX_EVENTS="100000") as process:
         process.wait_for_line(RELAY_CONNECTED)
         yield process
@@ -230,3 +236,51 @@ async def test_a_manual_cluster_failover_mid_stream_loses_and_repeats_nothing(
 async def test_migrating_the_live_runs_slot_mid_stream_loses_and_repeats_nothing(
         port, context, world, redis_cluster_own, instance_b, expect_log):  # noqa: F811
     await survive(migrate_the_runs_slot, port, context, world, redis_cluster_own, instance_b, expect_log)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_while_the_runs_slot_has_no_master_readyz_is_503_and_an_http_publish_is_kept_and_relayed_after(
+        port, context, world, redis_cluster_own, instance_b, expect_log):  # noqa: F811
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(cluster: 3 masters\) \(")
+    expect_log("sentri.access", r"GET /readyz 503", level=logging.ERROR)
+    cluster = redis_cluster_own
+    assert await context.bus.wait_connected(10.0)
+    on_a, on_b = await open_live(port, world), await open_live(instance_b.port, world)
+    await _wait(lambda: cluster.shard_subscribers(CHANNEL) == 2, "two sharded subscribers")
+    master = cluster.master_of(CHANNEL)
+    replica = cluster.replica_of(master)
+    replica.pause()  # it cannot take over until resumed: the slot has no master meanwhile
+    master.kill()
+    await _wait(lambda: not context.bus.connected, "instance A's relay down")
+    readiness = await open_request(port, "/readyz")
+    assert (readiness.status, await readiness.read_json()) == (503, {"error": "not ready", "failed": ["relay"]})
+
+    # What an HTTP publisher sees meanwhile: accepted, no id yet; this instance's clients get it at once.
+    published = await open_request(port, "/api/v1/runs/RUN-1/events", method="POST",
+                                   headers={"Authorization": f"Bearer {PUBLISH_TOKEN}"},
+                                   body=b'{"type":"log","message":"[2026-01-01T00:00:00.000Z] kept"}')
+    assert (published.status, await published.read_json()) == (202, {"id": None})
+    kept = b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] kept"}\n\n'
+    assert await on_a.next_frame(10.0) == kept  # without an id: it has none yet
+
+    replica.resume()
+    await asyncio.get_running_loop().run_in_executor(None, cluster.wait_promoted, replica)
+    assert await context.bus.wait_connected(30.0)
+    # Published once the cluster is back: instance B's client gets it with its id, once.
+    event_id, data = split_id(await on_b.next_frame(30.0))
+    assert data == kept
+    stored = history(cluster)
+    assert stored == [(event_id, b"data: " + kept[len(b"data: "):-2])]
+    readiness = await open_request(port, "/readyz")
+    assert (readiness.status, await readiness.read_json()) == (200, {"status": "ready"})
+
+    context.hub.emit("RUN-1", "done", {"status": "completed", "passed": 1, "failed": 0, "total": 1})
+    done = b'data: {"type":"done","status":"completed","passed":1,"failed":0,"total":1}\n\n'
+    assert split_id(await on_a.next_frame(10.0))[1] == done  # not the kept event a second time
+    assert split_id(await on_b.next_frame(10.0))[1] == done
+
+
+def split_id(frame: bytes) -> Tuple[str, bytes]:
+    assert frame.startswith(b"id: "), frame
+    id_line, _, rest = frame.partition(b"\n")
+    return id_line[len(b"id: "):].decode(), rest
