@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -62,12 +62,13 @@ SHAPES = ("single", "cluster", "cluster-compat")
 
 # -- the Redis side ---------------------------------------------------------------------------
 
-def node_counters(client: "redis.Redis[bytes]") -> Dict[str, float]:
+def node_counters(client: redis.Redis[bytes]) -> Dict[str, float]:
     commands = client.info("commandstats")
     cpu = client.info("cpu")
     stats = client.info("stats")
     counters = {
-        "publishes": float(sum(commands.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("publish", "spublish"))),
+        "publish": float(commands.get("cmdstat_publish", {}).get("calls", 0)),
+        "spublish": float(commands.get("cmdstat_spublish", {}).get("calls", 0)),
         "cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
         "net_out": float(stats["total_net_output_bytes"]),
         "bus_in": 0.0,
@@ -81,7 +82,7 @@ def node_counters(client: "redis.Redis[bytes]") -> Dict[str, float]:
     return counters
 
 
-def subscribers(client: "redis.Redis[bytes]", channels: List[str]) -> Tuple[Dict[str, int], Dict[str, int]]:
+def subscribers(client: redis.Redis[bytes], channels: List[str]) -> Tuple[Dict[str, int], Dict[str, int]]:
     """This node's own (classic, sharded) subscribers of each channel."""
     classic = _pairs(client.execute_command("PUBSUB", "NUMSUB", *channels))
     sharded: Dict[str, int] = {}
@@ -97,7 +98,7 @@ def _pairs(flat: List[Any]) -> Dict[str, int]:
 
 
 @contextlib.contextmanager
-def redis_shape(shape: str, folder: str) -> Iterator[Tuple[List[str], List[Tuple[str, "redis.Redis[bytes]"]]]]:
+def redis_shape(shape: str, folder: str) -> Iterator[Tuple[List[str], List[Tuple[str, redis.Redis[bytes]]]]]:
     """(the REDIS_URL of each instance in turn, (name, client) of every Redis node)."""
     if shape == "single":
         server = RedisServer(folder).start()
@@ -125,7 +126,7 @@ def prepare_database(folder: str, runs: int) -> Tuple[str, str]:
 
 
 def start_instance(folder: str, number: int, database_url: str, redis_url: str, compat: bool
-                   ) -> Tuple["subprocess.Popen[bytes]", int]:
+                   ) -> Tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = dict(os.environ, DATABASE_URL=database_url, JWT_SECRET=JWT_SECRET, REDIS_URL=redis_url, PORT=str(port),
                HOST="127.0.0.1", LOG_LEVEL="warn", SENTRI_REDIS_CLUSTER_NODE_COMPAT="1" if compat else "0")
@@ -219,19 +220,22 @@ async def measure(shape: str, args: argparse.Namespace) -> Dict[str, Any]:
             missing = [expected_of[stream.run_id] - stream.events for stream in streams]
             if any(missing):  # say why before the folder goes
                 for number in range(len(processes)):
-                    with open(os.path.join(folder, f"instance-{number}.log"), encoding="utf-8", errors="replace") as log:
+                    path = os.path.join(folder, f"instance-{number}.log")
+                    with open(path, encoding="utf-8", errors="replace") as log:
                         print(f"--- instance {number} ({shape}), last lines:\n" + "".join(log.readlines()[-15:]),
                               file=sys.stderr)
-            per_channel = sent / len(runs)
+            deltas = {name: {key: after[name][key] - before[name][key] for key in before[name]} for name, _ in nodes}
+            # A classic PUBLISH reaches every node, a sharded one only its slot's master (and
+            # replicas); events are spread evenly over the runs.
+            classic_per_channel = sum(delta["publish"] for delta in deltas.values()) / len(runs)
+            sharded_per_channel = sum(delta["spublish"] for delta in deltas.values()) / len(runs)
             rows = []
             for name, _ in nodes:
-                delta = {key: after[name][key] - before[name][key] for key in before[name]}
+                delta = deltas[name]
                 classic, sharded = who[name]
-                classic_publishes = delta["publishes"] if shape == "single" else (
-                    sent if shape == "cluster-compat" else 0)  # classic messages reach every node
-                own_sharded = {channel: count for channel, count in sharded.items() if count}
-                deliveries = per_channel * (sum(classic.values()) * (classic_publishes / sent if sent else 0)
-                                            + sum(own_sharded.values()))
+                deliveries = (classic_per_channel * sum(classic.values())
+                              + sharded_per_channel * sum(sharded.values()))
+                delta["publishes"] = delta["publish"] + delta["spublish"]
                 messages = delta["publishes"] + delta["bus_in"] + deliveries
                 rows.append({"node": name, "publishes": delta["publishes"], "bus_in": delta["bus_in"],
                              "deliveries": deliveries, "messages": messages,

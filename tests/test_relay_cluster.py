@@ -180,3 +180,45 @@ def test_sentri_emit_publishes_on_the_runs_master_whichever_node_it_is_given(red
         rows = client.xrange(cluster_keys("RUN-1").stream)
     assert [(event_id, fields[b"d"]) for event_id, fields in rows] == [
         (printed.group(1), b'{"type":"log","message":"[2026-01-01T00:00:00.000Z] from emit"}')]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_runs_in_different_slots_of_one_master_are_all_subscribed_and_each_gets_its_events(
+        port, context, world, rows, redis_cluster, expect_log):  # noqa: F811
+    # SSUBSCRIBE takes several channels in one command only when they share a slot: runs that
+    # share a master but not a slot must still all be subscribed (one command per slot).
+    master = redis_cluster.master_of(CHANNEL)
+    run_ids = [run_id for run_id in (f"RUN-{n}" for n in range(2, 200))
+               if redis_cluster.master_of(f"sentri:run:{run_id}") is master][:3]
+    assert len({cluster_keys(run_id).slot for run_id in ["RUN-1", *run_ids]}) == 4
+    for run_id in run_ids:
+        rows.run(world.project, id=run_id)
+    assert await context.bus.wait_connected(10.0)
+    streams = {run_id: await open_live(port, world, path=world.events_path(run_id)) for run_id in ["RUN-1", *run_ids]}
+    connects = context.bus.connects
+    for run_id in streams:
+        await wait_until(lambda run_id=run_id: redis_cluster.shard_subscribers(f"sentri:run:{run_id}") == 1,
+                         what=f"{run_id} subscribed on its master")
+    # A reconnect subscribes every wanted run at once: the batch that must be split by slot.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ .*; reconnecting")
+    master.command("CLIENT", "KILL", "TYPE", "pubsub")
+    await wait_until(lambda: context.bus.connects > connects and context.bus.connected, what="the relay reconnected")
+    for run_id in streams:
+        await wait_until(lambda run_id=run_id: redis_cluster.shard_subscribers(f"sentri:run:{run_id}") == 1,
+                         what=f"{run_id} subscribed again on its master")
+    publisher = RunEventPublisher(redis_cluster.nodes[1].url)
+    try:
+        for run_id in streams:
+            publisher.publish(run_id, "log", {"message": f"to {run_id}"})
+    finally:
+        publisher.close()
+    for run_id, response in streams.items():
+        _, data = split_frame(await response.next_frame(10.0))
+        assert data == f'data: {{"type":"log","message":"to {run_id}"}}\n\n'.encode()
+    try:
+        with redis_cluster.master_of(CHANNEL).client() as client:
+            for run_id in run_ids:  # one key a command: they are in different slots
+                client.delete(cluster_keys(run_id).stream)
+    finally:
+        for response in streams.values():
+            response.close()

@@ -37,7 +37,16 @@ from redis.backoff import NoBackoff
 
 from ..redis_history import released_pipeline, script_result
 from ..redis_router import is_stale_map_error
-from ..redis_slots import ClusterChangedError, ClusterDownError, Node, SlotMap, cluster_keys, node_url, slot_tags
+from ..redis_slots import (
+    ClusterChangedError,
+    ClusterDownError,
+    Node,
+    SlotMap,
+    cluster_keys,
+    key_slot,
+    node_url,
+    slot_tags,
+)
 from . import messages as wire
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,6 +69,15 @@ def _text(value: Any) -> Optional[str]:
 
 def _batches(items: List[str], size: int) -> List[List[str]]:
     return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def _same_slot_batches(channels: List[str], size: int) -> List[List[str]]:
+    """``SSUBSCRIBE``/``SUNSUBSCRIBE`` take several channels only when they share one slot
+    (else: CROSSSLOT): one command per slot, each at most ``size`` channels."""
+    by_slot: Dict[int, List[str]] = {}
+    for channel in channels:
+        by_slot.setdefault(key_slot(channel), []).append(channel)
+    return [batch for slot_channels in by_slot.values() for batch in _batches(slot_channels, size)]
 
 
 class ClusterSession:
@@ -204,13 +222,13 @@ class ClusterSession:
             leaving = sorted(bus._sent - bus._wanted)
             joining = sorted(bus._wanted - bus._sent)
             for node, channels in self._by_owner(leaving).items():
-                for batch in _batches(channels, SUBSCRIBE_BATCH):
+                for batch in _same_slot_batches(channels, SUBSCRIBE_BATCH):
                     bus._sent.difference_update(batch)
                     bus._confirmed.difference_update(batch)
                     bus._expect_replies(batch)
                     await self._subscribers[node].execute_command("SUNSUBSCRIBE", *batch)
             for node, channels in self._by_owner(joining).items():
-                for batch in _batches(channels, SUBSCRIBE_BATCH):
+                for batch in _same_slot_batches(channels, SUBSCRIBE_BATCH):
                     bus._sent.update(batch)
                     bus._expect_replies(batch)
                     await self._subscribers[node].execute_command("SSUBSCRIBE", *batch)
