@@ -72,6 +72,9 @@ class RedisRouter:
             return
         if self._probing is None:
             self._probing = asyncio.ensure_future(self._learn())
+            # Its callers may all have timed out (a revocation check waits 0.5 s): the error
+            # is still retrieved, and the next caller asks again.
+            self._probing.add_done_callback(lambda done: done.cancelled() or done.exception())
         probing = self._probing
         try:
             await asyncio.shield(probing)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.crc import key_slot as _key_slot
+from redis.exceptions import RedisError
 
 from .bus import messages as wire
 
@@ -169,8 +170,6 @@ def is_not_a_cluster(error: BaseException) -> bool:
 
 async def probe(url: str, timeout_s: float) -> Optional[SlotMap]:
     """The slot map when ``url`` is a cluster node, None for a single Redis; raises when unreachable."""
-    import asyncio
-
     import redis.asyncio
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -178,7 +177,9 @@ async def probe(url: str, timeout_s: float) -> Optional[SlotMap]:
     client: Any = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=timeout_s,
                                           socket_timeout=timeout_s, health_check_interval=0)
     try:
-        answer = await asyncio.wait_for(client.execute_command("CLUSTER", "SLOTS"), timeout_s)
+        # Bounded by the client's own socket timeouts: an asyncio.wait_for here could, when
+        # cancelled as the answer arrives, leave an error nobody retrieves.
+        answer = await client.execute_command("CLUSTER", "SLOTS")
     except Exception as error:
         if is_not_a_cluster(error):
             return None
@@ -214,9 +215,12 @@ def group_by_owner(slot_map: SlotMap, items: Sequence[Tuple[str, Any]]) -> Dict[
     return groups
 
 
-class ClusterDownError(Exception):
-    """A slot has no master in the slot map (the cluster is failing over or misconfigured)."""
+class ClusterDownError(RedisError):
+    """A slot has no master in the slot map (the cluster is failing over or misconfigured).
+
+    A ``redis.RedisError``, so callers that handle Redis being away (``sentri emit``) handle it too.
+    """
 
 
-class ClusterChangedError(Exception):
+class ClusterChangedError(RedisError):
     """A shard said a slot moved (``MOVED``, or a ``sunsubscribe`` it sent by itself)."""

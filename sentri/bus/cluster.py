@@ -124,16 +124,16 @@ class ClusterSession:
             for node in masters:
                 publisher = self._publishers[node] = self._client(node, max_connections=1)
                 self._scripts[node] = publisher.register_script(bus._cluster_publish_call.script)
-                self._control[node] = self._client(node, max_connections=1)
+                self._control[node] = self._client(node, max_connections=1, socket_timeout=self._connect_timeout_s)
                 subscriber = self._subscribers[node] = self._client(node).pubsub()
                 closables.append(subscriber)
             self._classic = self._client(masters[0]).pubsub()
             closables.append(self._classic)
             closables.extend(self._clients)
             timeout_s = self._connect_timeout_s
-            await asyncio.wait_for(self._check_state(), timeout_s)
+            await self._check_state()  # bounded by the control connections' socket timeout
             for node, subscriber in self._subscribers.items():
-                await asyncio.wait_for(subscriber.connect(), timeout_s)
+                await subscriber.connect()  # bounded by the connect timeout
                 self._last_heard[str(node)] = time.monotonic()
                 bus.shard_connections[str(node)] = True
             bus._where = f"{masters[0]} (cluster: {len(masters)} masters)"
@@ -344,7 +344,7 @@ class ClusterSession:
                     pubsub = self._classic if name == "classic" else self._subscriber_named(name)
                     if pubsub is not None:
                         await pubsub.execute_command("PING")
-            await asyncio.wait_for(self._check_state(), max(interval_s, 1.0))
+            await self._check_state()
 
     def _subscriber_named(self, name: str) -> Optional[Any]:
         for node, subscriber in self._subscribers.items():
