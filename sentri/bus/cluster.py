@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import redis
 import redis.asyncio
@@ -39,9 +39,7 @@ from ..redis_history import released_pipeline, script_result
 from ..redis_router import is_stale_map_error
 from ..redis_slots import ClusterChangedError, ClusterDownError, Node, SlotMap, cluster_keys, node_url, slot_tags
 from . import messages as wire
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .redis import RedisBus, _Outgoing
+from .redis import CONNECT_TIMEOUT_S, PUBLISH_BATCH, SUBSCRIBE_BATCH, RedisBus, _Outgoing
 
 log = logging.getLogger("sentri.relay")
 
@@ -83,11 +81,7 @@ class ClusterSession:
         self._clients.append(client)
         return client
 
-    @property
-    def _connect_timeout_s(self) -> float:
-        from .redis import CONNECT_TIMEOUT_S
-
-        return CONNECT_TIMEOUT_S
+    _connect_timeout_s = CONNECT_TIMEOUT_S
 
     async def run(self) -> None:
         bus = self.bus
@@ -196,8 +190,6 @@ class ClusterSession:
 
     async def _sync_subscriptions(self, changed: asyncio.Event) -> None:
         """Each wanted run channel ``SSUBSCRIBE``d on its slot's master, in batches per shard."""
-        from .redis import SUBSCRIBE_BATCH
-
         bus = self.bus
         while True:
             changed.clear()
@@ -220,8 +212,6 @@ class ClusterSession:
 
     async def _sync_classic(self) -> None:
         """Node compatibility: the wanted run channels subscribed classic too, for Node's PUBLISHes."""
-        from .redis import SUBSCRIBE_BATCH
-
         leaving = sorted(self._classic_sent - self.bus._wanted)
         joining = sorted(self.bus._wanted - self._classic_sent)
         for batch in _batches(leaving, SUBSCRIBE_BATCH):
@@ -249,8 +239,6 @@ class ClusterSession:
         return answers
 
     async def _send_outbox(self, ready: asyncio.Event) -> None:
-        from .redis import PUBLISH_BATCH
-
         bus = self.bus
         await bus._catch_up(self._read_streams)
         while True:
@@ -335,4 +323,11 @@ class ClusterSession:
         return None
 
 
-__all__ = ["ClusterSession", "ClusterChangedError"]
+class ClusterAwareRedisBus(RedisBus):
+    """``RedisBus`` that also relays on a Redis Cluster: the one the application uses."""
+
+    async def _cluster_session(self, slot_map: SlotMap) -> None:
+        await ClusterSession(self, slot_map).run()
+
+
+__all__ = ["ClusterAwareRedisBus", "ClusterChangedError", "ClusterSession"]
