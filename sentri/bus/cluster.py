@@ -39,25 +39,12 @@ from ..redis_history import released_pipeline, script_result
 from ..redis_router import is_stale_map_error
 from ..redis_slots import ClusterChangedError, ClusterDownError, Node, SlotMap, cluster_keys, node_url, slot_tags
 from . import messages as wire
-from .redis import CONNECT_TIMEOUT_S, PUBLISH_BATCH, SUBSCRIBE_BATCH, RedisBus, _Outgoing
+from .redis import CONNECT_TIMEOUT_S, PUBLISH_BATCH, SUBSCRIBE_BATCH, RedisBus, _batches, _Outgoing, _text
 
 log = logging.getLogger("sentri.relay")
 
 # The reply types of sharded pub/sub, as the relay's shared bookkeeping names their classic twins.
 _SHARDED_TYPES = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
-
-
-def _text(value: Any) -> Optional[str]:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return value if isinstance(value, str) else None
-
-
-def _batches(items: List[str], size: int) -> List[List[str]]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 class ClusterSession:
@@ -100,7 +87,9 @@ class ClusterSession:
             for node in masters:
                 publisher = self._publishers[node] = self._client(node, max_connections=1)
                 self._scripts[node] = publisher.register_script(bus._cluster_publish_call.script)
-                self._control[node] = self._client(node, max_connections=1, socket_timeout=self._connect_timeout_s)
+                # Its answers bound the watchdog's round (below): no longer than three ping intervals.
+                self._control[node] = self._client(
+                    node, max_connections=1, socket_timeout=min(self._connect_timeout_s, 3 * bus.ping_interval_s))
                 subscriber = self._subscribers[node] = self._client(node).pubsub()
                 closables.append(subscriber)
             self._classic = self._client(masters[0]).pubsub()
@@ -256,15 +245,11 @@ class ClusterSession:
         items and every later one back first in line (``RedisBus._put_back``) and ends the session.
         """
         bus = self.bus
-        groups: Dict[Node, List[int]] = {}
-        try:
-            for position, item in enumerate(batch):
-                groups.setdefault(self._owner(wire.run_channel(item.run_id)), []).append(position)
-        except BaseException:
-            bus._put_back(batch)
-            raise
         answered: Set[int] = set()
         try:
+            groups: Dict[Node, List[int]] = {}
+            for position, item in enumerate(batch):
+                groups.setdefault(self._owner(wire.run_channel(item.run_id)), []).append(position)
             for node, positions in groups.items():
                 results = await self._run_pipeline(node, [batch[position] for position in positions])
                 failure: Optional[BaseException] = None
