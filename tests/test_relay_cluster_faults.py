@@ -315,6 +315,12 @@ async def test_a_publish_a_stale_master_refuses_with_moved_is_sent_to_the_new_ow
     # Once in history (MOVED: the old master did not run it), published after the new map was read.
     assert [(entry_id.decode(), fields[b"o"].decode()) for entry_id, fields in rows] == [
         (event_id, f"{context.instance_id}|local")]
+    # And on the new map the next publish goes straight to the new owner.
+    context.hub.emit("RUN-1", "done", {"status": "completed", "passed": 1, "failed": 0, "total": 1})
+    assert split_id(await on_b.next_frame(10.0))[1] == (
+        b'data: {"type":"done","status":"completed","passed":1,"failed":0,"total":1}\n\n')
+    assert await on_b.server_closed()
+    assert context.bus.connects == connects + 1
 
 
 @pytest.mark.parametrize("relay_ping_interval_s", [0.3])
