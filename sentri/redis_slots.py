@@ -14,7 +14,7 @@ from __future__ import annotations
 import binascii
 import functools
 import itertools
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.crc import key_slot as _key_slot
@@ -201,18 +201,6 @@ def probe_sync(url: str, timeout_s: float) -> Optional[SlotMap]:
     finally:
         client.close()
     return SlotMap.from_cluster_slots(answer, address_of(url))
-
-
-def group_by_owner(slot_map: SlotMap, items: Sequence[Tuple[str, Any]]) -> Dict[Node, List[Tuple[int, Any]]]:
-    """``(channel, item)`` pairs grouped by the master of the channel's slot, each group in
-    input order, with each item's position in the input (to put answers back in order)."""
-    groups: Dict[Node, List[Tuple[int, Any]]] = {}
-    for position, (channel, item) in enumerate(items):
-        owner = slot_map.owner_of(channel)
-        if owner is None:
-            raise ClusterDownError(f"no master serves the slot of {channel}")
-        groups.setdefault(owner, []).append((position, item))
-    return groups
 
 
 class ClusterDownError(RedisError):

@@ -31,7 +31,10 @@ NODE_FRAME = 'data: {"type":"result","result":{"id":"TC-1","ratio":1e-7,"name":"
 
 @pytest.fixture
 def settings(settings, redis_cluster):  # noqa: F811 - instance A on the cluster's first node
-    return settings.replace(redis_url=redis_cluster.nodes[0].url, relay_retry_max_s=0.2, retry_ms=0)
+    # A short watchdog interval: the relay PINGs its connections and checks the cluster's state
+    # several times during each test.
+    return settings.replace(redis_url=redis_cluster.nodes[0].url, relay_retry_max_s=0.2, retry_ms=0,
+                            relay_ping_interval_s=0.2)
 
 
 @pytest.fixture

@@ -123,11 +123,18 @@ def history(cluster: RedisCluster) -> List[Tuple[str, bytes]]:
 
 
 @pytest.fixture
-def settings(settings, redis_cluster_own):  # noqa: F811
+def relay_ping_interval_s():
+    """Instance A's watchdog interval: the default, unless a test parametrizes its own."""
+    return 5.0
+
+
+@pytest.fixture
+def settings(settings, redis_cluster_own, relay_ping_interval_s):  # noqa: F811
     # Instance A names only the run's master: when that one dies, the relay finds the cluster
     # through the nodes it learned from it.
     return settings.replace(redis_url=redis_cluster_own.master_of(CHANNEL).url, relay_retry_max_s=0.2,
-                            retry_ms=0, history_max_events=100_000, publish_token=PUBLISH_TOKEN)
+                            retry_ms=0, history_max_events=100_000, publish_token=PUBLISH_TOKEN,
+                            relay_ping_interval_s=relay_ping_interval_s)
 
 
 @pytest.fixture
@@ -284,3 +291,50 @@ def split_id(frame: bytes) -> Tuple[str, bytes]:
     assert frame.startswith(b"id: "), frame
     id_line, _, rest = frame.partition(b"\n")
     return id_line[len(b"id: "):].decode(), rest
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_publish_a_stale_master_refuses_with_moved_is_sent_to_the_new_owner_once(
+        port, context, world, redis_cluster_own, instance_b, expect_log):  # noqa: F811
+    expect_log("sentri.relay", r"relay lost redis at .*\(ClusterChangedError: 127\.0\.0\.1:\d+ refused a publish \(")
+    cluster = redis_cluster_own
+    assert await context.bus.wait_connected(10.0)
+    on_b = await open_live(instance_b.port, world)  # instance A has no listener: nothing tells it the slot moves
+    await _wait(lambda: cluster.shard_subscribers(CHANNEL) == 1, "instance B subscribed")
+    connects = context.bus.connects
+    await asyncio.get_running_loop().run_in_executor(None, migrate_the_runs_slot, cluster)
+    await _wait(lambda: cluster.shard_subscribers(CHANNEL) == 1, "instance B subscribed on the new owner")
+    assert context.bus.connects == connects  # A's slot map is stale now
+
+    context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] moved"})
+    event_id, data = split_id(await on_b.next_frame(30.0))
+    assert data == b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] moved"}\n\n'
+    await _wait(lambda: context.bus.connects == connects + 1, "instance A's relay on the new map")
+    with cluster.master_of(CHANNEL).client() as client:
+        rows = client.xrange(cluster_keys("RUN-1").stream)
+    # Once in history (MOVED: the old master did not run it), published after the new map was read.
+    assert [(entry_id.decode(), fields[b"o"].decode()) for entry_id, fields in rows] == [
+        (event_id, f"{context.instance_id}|local")]
+    # And on the new map the next publish goes straight to the new owner.
+    context.hub.emit("RUN-1", "done", {"status": "completed", "passed": 1, "failed": 0, "total": 1})
+    assert split_id(await on_b.next_frame(10.0))[1] == (
+        b'data: {"type":"done","status":"completed","passed":1,"failed":0,"total":1}\n\n')
+    assert await on_b.server_closed()
+    assert context.bus.connects == connects + 1
+
+
+@pytest.mark.parametrize("relay_ping_interval_s", [0.3])
+@pytest.mark.gen_test(timeout=120)
+async def test_a_master_that_stops_answering_ends_the_session_within_three_ping_intervals(
+        port, context, world, redis_cluster_own, expect_log, relay_ping_interval_s):  # noqa: F811
+    expect_log("sentri.relay", r"relay lost redis at .*\((ConnectionError: no reply from redis|TimeoutError)")
+    cluster = redis_cluster_own
+    assert await context.bus.wait_connected(10.0)
+    silent = cluster.master_of("sentri:run:OTHER")  # any master: the relay has a connection to each
+    silent.pause()
+    paused_at = time.monotonic()
+    await _wait(lambda: not context.bus.connected, "instance A's relay down", timeout_s=10.0)
+    assert time.monotonic() - paused_at < 3 * relay_ping_interval_s + 1.0
+    silent.resume()
+    await asyncio.get_running_loop().run_in_executor(None, cluster.wait_settled)
+    assert await context.bus.wait_connected(30.0)

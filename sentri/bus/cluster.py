@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import redis
 import redis.asyncio
@@ -48,27 +48,12 @@ from ..redis_slots import (
     slot_tags,
 )
 from . import messages as wire
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .redis import RedisBus, _Outgoing
+from .redis import CONNECT_TIMEOUT_S, PUBLISH_BATCH, SUBSCRIBE_BATCH, RedisBus, _batches, _Outgoing, _text
 
 log = logging.getLogger("sentri.relay")
 
 # The reply types of sharded pub/sub, as the relay's shared bookkeeping names their classic twins.
 _SHARDED_TYPES = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
-
-
-def _text(value: Any) -> Optional[str]:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return value if isinstance(value, str) else None
-
-
-def _batches(items: List[str], size: int) -> List[List[str]]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def _same_slot_batches(channels: List[str], size: int) -> List[List[str]]:
@@ -101,11 +86,7 @@ class ClusterSession:
         self._clients.append(client)
         return client
 
-    @property
-    def _connect_timeout_s(self) -> float:
-        from .redis import CONNECT_TIMEOUT_S
-
-        return CONNECT_TIMEOUT_S
+    _connect_timeout_s = CONNECT_TIMEOUT_S
 
     async def run(self) -> None:
         bus = self.bus
@@ -124,7 +105,9 @@ class ClusterSession:
             for node in masters:
                 publisher = self._publishers[node] = self._client(node, max_connections=1)
                 self._scripts[node] = publisher.register_script(bus._cluster_publish_call.script)
-                self._control[node] = self._client(node, max_connections=1, socket_timeout=self._connect_timeout_s)
+                # Its answers bound the watchdog's round (below): no longer than three ping intervals.
+                self._control[node] = self._client(
+                    node, max_connections=1, socket_timeout=min(self._connect_timeout_s, 3 * bus.ping_interval_s))
                 subscriber = self._subscribers[node] = self._client(node).pubsub()
                 closables.append(subscriber)
             self._classic = self._client(masters[0]).pubsub()
@@ -214,8 +197,6 @@ class ClusterSession:
 
     async def _sync_subscriptions(self, changed: asyncio.Event) -> None:
         """Each wanted run channel ``SSUBSCRIBE``d on its slot's master, in batches per shard."""
-        from .redis import SUBSCRIBE_BATCH
-
         bus = self.bus
         while True:
             changed.clear()
@@ -238,8 +219,6 @@ class ClusterSession:
 
     async def _sync_classic(self) -> None:
         """Node compatibility: the wanted run channels subscribed classic too, for Node's PUBLISHes."""
-        from .redis import SUBSCRIBE_BATCH
-
         leaving = sorted(self._classic_sent - self.bus._wanted)
         joining = sorted(self.bus._wanted - self._classic_sent)
         for batch in _batches(leaving, SUBSCRIBE_BATCH):
@@ -267,8 +246,6 @@ class ClusterSession:
         return answers
 
     async def _send_outbox(self, ready: asyncio.Event) -> None:
-        from .redis import PUBLISH_BATCH
-
         bus = self.bus
         await bus._catch_up(self._read_streams)
         while True:
@@ -286,15 +263,11 @@ class ClusterSession:
         items and every later one back first in line (``RedisBus._put_back``) and ends the session.
         """
         bus = self.bus
-        groups: Dict[Node, List[int]] = {}
-        try:
-            for position, item in enumerate(batch):
-                groups.setdefault(self._owner(wire.run_channel(item.run_id)), []).append(position)
-        except BaseException:
-            bus._put_back(batch)
-            raise
         answered: Set[int] = set()
         try:
+            groups: Dict[Node, List[int]] = {}
+            for position, item in enumerate(batch):
+                groups.setdefault(self._owner(wire.run_channel(item.run_id)), []).append(position)
             for node, positions in groups.items():
                 results = await self._run_pipeline(node, [batch[position] for position in positions])
                 failure: Optional[BaseException] = None
@@ -353,4 +326,11 @@ class ClusterSession:
         return None
 
 
-__all__ = ["ClusterSession", "ClusterChangedError"]
+class ClusterAwareRedisBus(RedisBus):
+    """``RedisBus`` that also relays on a Redis Cluster: the one the application uses."""
+
+    async def _cluster_session(self, slot_map: SlotMap) -> None:
+        await ClusterSession(self, slot_map).run()
+
+
+__all__ = ["ClusterAwareRedisBus", "ClusterChangedError", "ClusterSession"]

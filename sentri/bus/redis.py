@@ -329,16 +329,19 @@ class RedisBus(Bus):
         """One connection's life: subscribe, relay, until the first error (raised).
 
         Each session first asks Redis whether it is a cluster (``CLUSTER SLOTS``): a single
-        Redis gets the session below, a cluster ``ClusterSession`` (docs/relay.md §9).
+        Redis gets the session below, a cluster ``_cluster_session`` (docs/relay.md §9).
         """
         url, slot_map = await self._discover()
         if slot_map is not None:
-            from .cluster import ClusterSession
-
-            await ClusterSession(self, slot_map).run()
+            await self._cluster_session(slot_map)
             return
         self.slot_map = None
         await self._single_session(url)
+
+    async def _cluster_session(self, slot_map: SlotMap) -> None:
+        """A session on a Redis Cluster: ``sentri.bus.cluster.ClusterAwareRedisBus`` has one
+        (that module depends on this one, not the other way round)."""
+        raise ClusterDownError("REDIS_URL names a Redis Cluster; this bus relays on one Redis only")
 
     async def _discover(self) -> Tuple[str, Optional[SlotMap]]:
         """The first seed (or node learned before) that answers, and its slot map (None: not a cluster)."""
