@@ -60,7 +60,8 @@ class RunEventPublisher:
                  history_max_events: int = _setting_default("SENTRI_HISTORY_MAX_EVENTS"),
                  history_done_ttl_s: float = _setting_default("SENTRI_HISTORY_DONE_TTL_S"),
                  history_idle_ttl_s: float = _setting_default("SENTRI_HISTORY_IDLE_TTL_S"),
-                 batch_window_s: float = 0.0, batch_max_events: int = 100) -> None:
+                 batch_window_s: float = 0.0, batch_max_events: int = 100,
+                 cluster_node_compat: bool = _setting_default("SENTRI_REDIS_CLUSTER_NODE_COMPAT")) -> None:
         if not redis_url:
             raise ValueError("REDIS_URL is not set: there is no relay to publish to")
         self.origin = origin or new_origin()
@@ -68,6 +69,10 @@ class RunEventPublisher:
         # One Redis, or on a cluster each run's slot master (asked on first publish).
         self._router = SyncRedisRouter(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._history_settings = (history_max_events, history_done_ttl_s, history_idle_ttl_s)
+        # On a Redis Cluster shared with Node instances: events also go out classic, as the
+        # server's own do (SENTRI_REDIS_CLUSTER_NODE_COMPAT, docs/relay.md §9), or Node's
+        # clients would never see what workers publish.
+        self.cluster_node_compat = cluster_node_compat
         self._call = PublishCall(self.origin, *self._history_settings)
         self._database: Optional[peewee.Database] = None
         self._models_were_bound_to: Optional[peewee.Database] = None
@@ -189,7 +194,8 @@ class RunEventPublisher:
         self._router.ensure_known()
         cluster = bool(self._router.is_cluster)
         if cluster != self._call.cluster:
-            self._call = PublishCall(self.origin, *self._history_settings, cluster=cluster)
+            self._call = PublishCall(self.origin, *self._history_settings, cluster=cluster,
+                                     node_compat=self.cluster_node_compat)
         groups: Dict[Optional[Node], List[int]] = {}
         for position, (run_id, _) in enumerate(events):
             groups.setdefault(self._router.owner_of(wire.run_channel(run_id)), []).append(position)
@@ -230,10 +236,13 @@ _default_lock = threading.Lock()
 
 
 def emit(run_id: str, event_type: str, payload: Optional[Dict[str, Any]] = None) -> int:
-    """Publish with a process-wide publisher on ``REDIS_URL`` (created on first use)."""
+    """Publish with a process-wide publisher on ``REDIS_URL`` (created on first use), with
+    ``SENTRI_REDIS_CLUSTER_NODE_COMPAT`` read from the environment as the server reads it."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = RunEventPublisher(os.environ.get("REDIS_URL", ""))
+            compat = SETTINGS_BY_NAME["SENTRI_REDIS_CLUSTER_NODE_COMPAT"]
+            _default = RunEventPublisher(os.environ.get("REDIS_URL", ""),
+                                         cluster_node_compat=compat.parse(os.environ.get(compat.name, "")))
         publisher = _default
     return publisher.emit(run_id, event_type, payload)

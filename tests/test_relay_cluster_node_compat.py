@@ -9,7 +9,9 @@ import asyncio
 import pytest
 
 from sentri.redis_slots import cluster_keys
+from sentri.worker_publisher import RunEventPublisher
 
+from .console import sentri_emit
 from .frames import open_live
 from .redis_cluster import redis_cluster  # noqa: F401 (fixture)
 from .redis_server import RELAY_CONNECTED, second_instance
@@ -69,4 +71,33 @@ async def test_node_and_python_events_cross_both_ways_and_each_client_gets_each_
     node_instance.close()
     with redis_cluster.master_of(CHANNEL).client() as client:
         assert client.xlen(cluster_keys("RUN-1").stream) == 2  # Node's event has no id and no history
+        client.delete(cluster_keys("RUN-1").stream)
+
+
+def test_workers_and_sentri_emit_also_publish_classic_with_the_setting_and_only_sharded_without(
+        redis_cluster):  # noqa: F811
+    node_instance = redis_cluster.nodes[5].client().pubsub()
+    node_instance.subscribe(CHANNEL)
+    assert node_instance.get_message(timeout=5)["type"] == "subscribe"
+    seed = redis_cluster.nodes[1].url
+    quiet, loud = RunEventPublisher(seed, origin="worker_quiet"), RunEventPublisher(
+        seed, origin="worker_loud", cluster_node_compat=True)
+    try:
+        quiet.publish("RUN-1", "log", {"message": "sharded only"})
+        loud_id, _ = loud.publish("RUN-1", "log", {"message": "classic too"})
+    finally:
+        quiet.close()
+        loud.close()
+    emitted = sentri_emit("RUN-1", "log", '{"message":"from emit"}', redis_url=seed,
+                          SENTRI_REDIS_CLUSTER_NODE_COMPAT="true")
+    assert emitted.returncode == 0, emitted.stderr
+    # Classic messages reach a node in the order they were published: the first one Node's
+    # client gets is the worker's with the setting, so the one without it sent nothing classic.
+    first = node_instance.get_message(timeout=5)
+    assert first["data"] == b'{"type":"log","message":"classic too","_origin":"worker_loud|' + loud_id.encode() + b'"}'
+    second = node_instance.get_message(timeout=5)
+    assert second["data"].startswith(b'{"type":"log","message":"from emit","_origin":"worker_')
+    node_instance.close()
+    with redis_cluster.master_of(CHANNEL).client() as client:
+        assert client.xlen(cluster_keys("RUN-1").stream) == 3  # all three kept, with ids
         client.delete(cluster_keys("RUN-1").stream)
