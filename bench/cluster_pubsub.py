@@ -165,9 +165,9 @@ class Stream:
             writer.close()
 
 
-def publish_steadily(redis_url: str, runs: List[str], rate: int, seconds: float) -> int:
+def publish_steadily(redis_url: str, runs: List[str], rate: int, seconds: float, compat: bool) -> int:
     """``rate`` events a second for ``seconds``, runs in turn, in 20 ms batches; returns how many."""
-    publisher = RunEventPublisher(redis_url)
+    publisher = RunEventPublisher(redis_url, cluster_node_compat=compat)
     sent = 0
     started = time.monotonic()
     try:
@@ -203,7 +203,8 @@ async def measure(shape: str, args: argparse.Namespace) -> Dict[str, Any]:
                 who = {name: subscribers(client, channels) for name, client in nodes}
                 before = {name: node_counters(client) for name, client in nodes}
                 loop = asyncio.get_running_loop()
-                sent = await loop.run_in_executor(None, publish_steadily, urls[0], runs, args.rate, args.seconds)
+                sent = await loop.run_in_executor(None, publish_steadily, urls[0], runs, args.rate, args.seconds,
+                                                  shape == "cluster-compat")
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and sum(stream.events for stream in streams) < sent * args.instances:
                     await asyncio.sleep(0.2)
