@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 
 import jwt
 import pytest
@@ -225,3 +226,16 @@ async def test_runs_in_different_slots_of_one_master_are_all_subscribed_and_each
     finally:
         for response in streams.values():
             response.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_instance_keeps_its_classic_connection_on_the_master_its_id_picks(
+        context, redis_cluster):  # noqa: F811
+    # Classic messages reach every node: instances spread their classic connection over the
+    # masters by their id instead of all delivering from the first.
+    assert await context.bus.wait_connected(10.0)
+    masters = context.bus.slot_map.masters
+    chosen = masters[zlib.crc32(context.instance_id.encode()) % len(masters)]
+    subscribed = {node.address: int(node.command("PUBSUB", "NUMSUB", "sentri:token:revoked")[1])
+                  for node in redis_cluster.masters()}
+    assert subscribed == {address: int(address == str(chosen)) for address in subscribed}

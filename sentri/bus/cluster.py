@@ -4,7 +4,7 @@
 outbox, gap repair, delivery); a ``ClusterSession`` is one life of its connections on a
 cluster, ended by the first error like the single-Redis session:
 
-- one classic pub/sub connection (to any master) for ``sentri:token:revoked``, which Node
+- one classic pub/sub connection (to a master chosen by the instance's id) for ``sentri:token:revoked``, which Node
   publishes classic (a classic message reaches every node), and, with
   SENTRI_REDIS_CLUSTER_NODE_COMPAT, for the run channels Node instances ``PUBLISH`` on;
 - per master, one sharded subscriber connection (``SSUBSCRIBE``/``SUNSUBSCRIBE`` of the run
@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import redis
@@ -110,7 +111,10 @@ class ClusterSession:
                     node, max_connections=1, socket_timeout=min(self._connect_timeout_s, 3 * bus.ping_interval_s))
                 subscriber = self._subscribers[node] = self._client(node).pubsub()
                 closables.append(subscriber)
-            self._classic = self._client(masters[0]).pubsub()
+            # A classic message reaches every node: instances spread their classic connection
+            # (Node-compatibility subscriptions, revocation) over the masters by their id, rather
+            # than all delivering from the first (measured by bench/cluster_pubsub.py).
+            self._classic = self._client(masters[zlib.crc32(bus.instance_id.encode()) % len(masters)]).pubsub()
             closables.append(self._classic)
             closables.extend(self._clients)
             timeout_s = self._connect_timeout_s
