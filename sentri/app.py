@@ -38,9 +38,9 @@ def new_instance_id() -> str:
 def make_bus(settings: Settings, instance_id: str) -> Bus:
     if not settings.redis_url:
         return Bus()
-    from .bus.redis import RedisBus
+    from .bus.cluster import ClusterAwareRedisBus
 
-    return RedisBus(
+    return ClusterAwareRedisBus(
         settings.redis_url,
         instance_id,
         retry_max_s=settings.relay_retry_max_s,
@@ -49,6 +49,7 @@ def make_bus(settings: Settings, instance_id: str) -> Bus:
         history_max_events=settings.history_max_events,
         history_done_ttl_s=settings.history_done_ttl_s,
         history_idle_ttl_s=settings.history_idle_ttl_s,
+        cluster_node_compat=settings.redis_cluster_node_compat,
     )
 
 

@@ -220,7 +220,8 @@ def worker_publisher_for(settings: Settings) -> RunEventPublisher:
     return RunEventPublisher(settings.redis_url, database_url=settings.database_url,
                              history_max_events=settings.history_max_events,
                              history_done_ttl_s=settings.history_done_ttl_s,
-                             history_idle_ttl_s=settings.history_idle_ttl_s)
+                             history_idle_ttl_s=settings.history_idle_ttl_s,
+                             cluster_node_compat=settings.redis_cluster_node_compat)
 
 
 def emit_event(settings: Settings, run_id: str, event_type: str, payload_json: str) -> int:

@@ -121,6 +121,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "Seconds of silence after which the relay PINGs Redis; three without a reply: reconnect.", minimum=0.01),
     Setting("SENTRI_RELAY_MAX_PENDING_BYTES", int, 16_777_216,
             "Bytes of events waiting to be published to a slow Redis before new ones are dropped.", minimum=1),
+    Setting("SENTRI_REDIS_CLUSTER_NODE_COMPAT", _parse_bool, False,
+            "On a Redis Cluster: also PUBLISH events classic and subscribe run channels classic, so Node "
+            "instances and this project's see each other's events (classic messages go to every node)."),
     Setting("SENTRI_REVOCATION_CHECK_TIMEOUT_S", float, 0.5,
             "Seconds a connect waits for Redis to say whether its token is revoked (no answer: accepted).",
             minimum=0.001),

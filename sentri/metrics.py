@@ -57,6 +57,15 @@ class RelayCollector(Collector):
         )
         reconnects.add_metric([], float(relay_reconnects(self.bus)))
         yield reconnects  # type: ignore[misc]
+        if getattr(self.bus, "slot_map", None) is not None:  # on a Redis Cluster only (docs/relay.md §9)
+            shards = GaugeMetricFamily(
+                "sentri_relay_shard_connected",
+                "1 per cluster master whose sharded subscriber connection is up, by node (host:port).",
+                labels=["node"],
+            )
+            for node, up in sorted(getattr(self.bus, "shard_connections", {}).items()):
+                shards.add_metric([node], 1.0 if up else 0.0)
+            yield shards
 
 
 class Metrics(HubObserver):

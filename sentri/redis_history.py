@@ -31,8 +31,6 @@ import contextlib
 import logging
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
-import redis.asyncio
-
 from . import jsontext
 from .bus import messages as wire
 from .history import Entry, History, Replay
@@ -60,15 +58,51 @@ return {added, receivers}
 """
 
 
+# On a Redis Cluster (docs/relay.md §9): every key in the slot of the run's channel, one id
+# counter per slot (an id's sequence is ``counter * 16384 + slot``, so ids stay unique across
+# runs), the message sharded (``SPUBLISH``, delivered on the slot's shard only) and, with
+# SENTRI_REDIS_CLUSTER_NODE_COMPAT, also classic (``PUBLISH``, broadcast to every node) for
+# Node instances, which subscribe classic. ARGV[8] = the slot, ARGV[9] = "1" for both.
+CLUSTER_PUBLISH_SCRIPT = """
+local now = redis.call('TIME')
+local seq = string.format('%.0f', redis.call('INCR', KEYS[3]) * 16384 + tonumber(ARGV[8]))
+local id = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)) .. '-' .. seq
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id, 'd', ARGV[1], 'o', ARGV[7], 'e', ARGV[5])
+if type(added) == 'table' and added.err then
+  added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'd', ARGV[1], 'o', ARGV[7], 'e', ARGV[5])
+end
+local message = string.sub(ARGV[1], 1, -2) .. ARGV[2] .. added .. ARGV[3]
+local receivers = redis.call('SPUBLISH', KEYS[2], message)
+if ARGV[9] == '1' then
+  receivers = receivers + redis.call('PUBLISH', KEYS[2], message)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {added, receivers}
+"""
+
+
 def stream_key(run_id: str) -> str:
     return STREAM_PREFIX + run_id
+
+
+def history_key(run_id: str, cluster: bool) -> str:
+    """The run's stream: ``sentri:events:<runId>``, or its cluster name (``sentri.redis_slots``)."""
+    if cluster:
+        from .redis_slots import cluster_keys
+
+        return cluster_keys(run_id).stream
+    return stream_key(run_id)
 
 
 class PublishCall:
     """The keys and arguments of ``PUBLISH_SCRIPT`` for one event (pure: no Redis here)."""
 
-    def __init__(self, instance_id: str, max_events: int, done_ttl_s: float, idle_ttl_s: float) -> None:
+    def __init__(self, instance_id: str, max_events: int, done_ttl_s: float, idle_ttl_s: float,
+                 cluster: bool = False, node_compat: bool = False) -> None:
         self.instance_id = instance_id
+        # On a cluster: ``CLUSTER_PUBLISH_SCRIPT``'s keys and its two more arguments.
+        self.cluster = cluster
+        self.node_compat = node_compat
         self.max_events = max_events
         self.done_ttl_ms = max(1, int(done_ttl_s * 1000))
         self.idle_ttl_ms = max(1, int(idle_ttl_s * 1000))
@@ -79,10 +113,19 @@ class PublishCall:
                  delivered_here: bool = False) -> Tuple[List[str], List[Any]]:
         tail = (b"|" + DELIVERED_HERE.encode() if delivered_here else b"") + b'"}'
         origin = self.instance_id + ("|" + DELIVERED_HERE if delivered_here else "")
-        keys = [stream_key(run_id), wire.run_channel(run_id), SEQUENCE_KEY]
         args: List[Any] = [event_json, self._origin_head, tail, self.max_events, "1" if ends_stream else "0",
                            self.done_ttl_ms if ends_stream else self.idle_ttl_ms, origin]
-        return keys, args
+        if self.cluster:
+            from .redis_slots import cluster_keys
+
+            names = cluster_keys(run_id)
+            args += [names.slot, "1" if self.node_compat else "0"]
+            return [names.stream, names.channel, names.sequence], args
+        return [stream_key(run_id), wire.run_channel(run_id), SEQUENCE_KEY], args
+
+    @property
+    def script(self) -> str:
+        return CLUSTER_PUBLISH_SCRIPT if self.cluster else PUBLISH_SCRIPT
 
 
 def script_result(result: Any) -> Tuple[Optional[str], int]:
@@ -128,13 +171,22 @@ class RedisHistory(History):
     assigns_here = False
 
     def __init__(self, redis_url: str, timeout_s: float = HISTORY_TIMEOUT_S) -> None:
-        self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        from .redis_router import RedisRouter
+
+        # One Redis, or on a cluster the master of each run's slot (sentri.redis_router).
+        self._router = RedisRouter(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         # Entries nested deeper than any publisher of this project writes are not replayed.
         self.too_deep = jsontext.DeepInputLog(log, "a history entry from redis")
 
+    async def _key(self, run_id: str) -> str:
+        await self._router.client_for(wire.run_channel(run_id))  # learns whether it is a cluster
+        return history_key(run_id, bool(self._router.is_cluster))
+
     async def _newest(self, run_id: str) -> Optional[Entry]:
-        rows = await self._client.xrevrange(stream_key(run_id), "+", "-", count=1)
+        async def newest(client: Any) -> Any:
+            return await client.xrevrange(await self._key(run_id), "+", "-", count=1)
+
+        rows = await self._router.call(wire.run_channel(run_id), newest)
         return entries_of(rows)[0][0] if rows else None
 
     async def last_id(self, run_id: str) -> Optional[str]:
@@ -147,11 +199,14 @@ class RedisHistory(History):
         return newest.event_id if newest is not None and newest.ends_stream else None
 
     async def replay_after(self, run_id: str, event_id: str) -> Optional[Replay]:
-        key = stream_key(run_id)
-        async with released_pipeline(self._client, transaction=True) as pipe:  # both reads see one stream
-            pipe.xrange(key, event_id, event_id, count=1)
-            pipe.xrange(key, "(" + event_id, "+")
-            found, after = await pipe.execute()
+        async def both_reads(client: Any) -> Any:
+            key = await self._key(run_id)
+            async with released_pipeline(client, transaction=True) as pipe:  # both reads see one stream
+                pipe.xrange(key, event_id, event_id, count=1)
+                pipe.xrange(key, "(" + event_id, "+")
+                return await pipe.execute()
+
+        found, after = await self._router.call(wire.run_channel(run_id), both_reads)
         if not found:  # unknown, forged, trimmed away (older than history) or another run's
             return None
         entries = [entry for entry, _ in entries_of(after)]
@@ -160,8 +215,9 @@ class RedisHistory(History):
         return Replay(kept, client_has_done=entries_of(found)[0][0].ends_stream)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._router.close()
 
 
-__all__ = ["DELIVERED_HERE", "PUBLISH_SCRIPT", "PublishCall", "RedisHistory", "released_pipeline", "script_result",
-           "split_origin", "stream_key"]
+__all__ = ["CLUSTER_PUBLISH_SCRIPT", "DELIVERED_HERE", "PUBLISH_SCRIPT",
+           "PublishCall", "RedisHistory", "released_pipeline", "script_result",
+           "split_origin", "stream_key", "history_key"]

@@ -86,7 +86,8 @@ class RedisRevocations(Revocations):
     async def _ask(self, jti: str) -> bool:
         asked = time.monotonic()
         try:
-            exists = await asyncio.wait_for(self._redis().exists(REVOKED_KEY_PREFIX + jti), self.timeout_s)
+            key = REVOKED_KEY_PREFIX + jti
+            exists = await asyncio.wait_for(self._redis().call(key, lambda client: client.exists(key)), self.timeout_s)
         except Exception as error:  # unreachable, slow, or refusing: do not refuse the client for it
             if not self._failing:
                 self._failing = True
@@ -105,12 +106,14 @@ class RedisRevocations(Revocations):
 
     def _redis(self) -> Any:
         # Created on first use, on the running loop: a redis.asyncio client belongs to one loop.
+        # The router sends the EXISTS to the one Redis, or on a cluster to the key's master.
         if self._client is None:
-            import redis.asyncio
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            self._client = redis.asyncio.Redis.from_url(
+            from .redis_router import RedisRouter
+
+            self._client = RedisRouter(
                 self.redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=self.timeout_s,
                 health_check_interval=0,
             )
@@ -119,7 +122,7 @@ class RedisRevocations(Revocations):
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await client.close()
 
 
 def make_revocations(settings: Settings, bus: Bus) -> Revocations:

@@ -34,7 +34,9 @@ import redis
 
 from .bus import messages as wire
 from .config import SETTINGS_BY_NAME, SettingsError
-from .redis_history import PUBLISH_SCRIPT, PublishCall, script_result
+from .redis_history import PublishCall, script_result
+from .redis_router import SyncRedisRouter
+from .redis_slots import Node
 
 if TYPE_CHECKING:
     from .event_intake import PreparedEvent
@@ -58,14 +60,20 @@ class RunEventPublisher:
                  history_max_events: int = _setting_default("SENTRI_HISTORY_MAX_EVENTS"),
                  history_done_ttl_s: float = _setting_default("SENTRI_HISTORY_DONE_TTL_S"),
                  history_idle_ttl_s: float = _setting_default("SENTRI_HISTORY_IDLE_TTL_S"),
-                 batch_window_s: float = 0.0, batch_max_events: int = 100) -> None:
+                 batch_window_s: float = 0.0, batch_max_events: int = 100,
+                 cluster_node_compat: bool = _setting_default("SENTRI_REDIS_CLUSTER_NODE_COMPAT")) -> None:
         if not redis_url:
             raise ValueError("REDIS_URL is not set: there is no relay to publish to")
         self.origin = origin or new_origin()
         self._origin_json = wire.origin_json(self.origin)
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._script = self._client.register_script(PUBLISH_SCRIPT)
-        self._call = PublishCall(self.origin, history_max_events, history_done_ttl_s, history_idle_ttl_s)
+        # One Redis, or on a cluster each run's slot master (asked on first publish).
+        self._router = SyncRedisRouter(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._history_settings = (history_max_events, history_done_ttl_s, history_idle_ttl_s)
+        # On a Redis Cluster shared with Node instances: events also go out classic, as the
+        # server's own do (SENTRI_REDIS_CLUSTER_NODE_COMPAT, docs/relay.md §9), or Node's
+        # clients would never see what workers publish.
+        self.cluster_node_compat = cluster_node_compat
+        self._call = PublishCall(self.origin, *self._history_settings)
         self._database: Optional[peewee.Database] = None
         self._models_were_bound_to: Optional[peewee.Database] = None
         self._has_agent_events = False
@@ -170,11 +178,40 @@ class RunEventPublisher:
             if writes:
                 with self._database.connection_context():
                     commit_writes(writes, self._has_agent_events)
-        pipeline = self._client.pipeline(transaction=False)
-        for run_id, event in events:
-            keys, args = self._call(run_id, wire.encode_event(event.event_type, event.body), event.event_type == "done")
-            self._script(keys=keys, args=args, client=pipeline)
-        return [script_result(result) for result in pipeline.execute()]
+        try:
+            return self._publish(events)
+        except redis.RedisError:
+            self._router.stale()  # on a cluster: the slot map is asked again before the next publish
+            raise
+
+    def _publish(self, events: Sequence[_Checked]) -> List[Tuple[Optional[str], int]]:
+        """The scripts in one pipeline per Redis (on a cluster: per master, each in input order).
+
+        Raises ``redis.RedisError`` when Redis is unreachable or a shard refused (a failover
+        or a slot moving): then some events may have been published and others not; the
+        caller may publish again (a retried event can be in history twice, never lost).
+        """
+        self._router.ensure_known()
+        cluster = bool(self._router.is_cluster)
+        if cluster != self._call.cluster:
+            self._call = PublishCall(self.origin, *self._history_settings, cluster=cluster,
+                                     node_compat=self.cluster_node_compat)
+        groups: Dict[Optional[Node], List[int]] = {}
+        for position, (run_id, _) in enumerate(events):
+            groups.setdefault(self._router.owner_of(wire.run_channel(run_id)), []).append(position)
+        results: List[Tuple[Optional[str], int]] = [(None, 0)] * len(events)
+        for node, positions in groups.items():
+            client = self._router.client_at(node)
+            script = client.register_script(self._call.script)
+            pipeline = client.pipeline(transaction=False)
+            for position in positions:
+                run_id, event = events[position]
+                keys, args = self._call(run_id, wire.encode_event(event.event_type, event.body),
+                                        event.event_type == "done")
+                script(keys=keys, args=args, client=pipeline)
+            for position, result in zip(positions, pipeline.execute()):
+                results[position] = script_result(result)
+        return results
 
     def close(self) -> None:
         """Send what is queued, then let go of Redis and the database."""
@@ -184,7 +221,7 @@ class RunEventPublisher:
             with self._queue_lock:
                 self._closed = True
             atexit.unregister(self.flush)
-            self._client.close()
+            self._router.close()
         if self._database is not None:
             from .models import database_proxy
             from .store import close_pool
@@ -199,10 +236,13 @@ _default_lock = threading.Lock()
 
 
 def emit(run_id: str, event_type: str, payload: Optional[Dict[str, Any]] = None) -> int:
-    """Publish with a process-wide publisher on ``REDIS_URL`` (created on first use)."""
+    """Publish with a process-wide publisher on ``REDIS_URL`` (created on first use), with
+    ``SENTRI_REDIS_CLUSTER_NODE_COMPAT`` read from the environment as the server reads it."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = RunEventPublisher(os.environ.get("REDIS_URL", ""))
+            compat = SETTINGS_BY_NAME["SENTRI_REDIS_CLUSTER_NODE_COMPAT"]
+            _default = RunEventPublisher(os.environ.get("REDIS_URL", ""),
+                                         cluster_node_compat=compat.parse(os.environ.get(compat.name, "")))
         publisher = _default
     return publisher.emit(run_id, event_type, payload)

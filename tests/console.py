@@ -28,10 +28,12 @@ def sentri(*args: str, env: Any = None, timeout: float = 30) -> subprocess.Compl
                           stdin=subprocess.DEVNULL)
 
 
-def sentri_emit(*args: str, redis_url: Optional[str] = None,
-                database_url: Optional[str] = None) -> subprocess.CompletedProcess[bytes]:
-    """``sentri emit *args`` with the test process's environment but only the REDIS_URL and DATABASE_URL given."""
+def sentri_emit(*args: str, redis_url: Optional[str] = None, database_url: Optional[str] = None,
+                **settings: str) -> subprocess.CompletedProcess[bytes]:
+    """``sentri emit *args`` with the test process's environment but only the REDIS_URL and
+    DATABASE_URL given, plus any other ``settings`` (environment variables)."""
     env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(settings)
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     if database_url is not None:

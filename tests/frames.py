@@ -34,9 +34,9 @@ async def next_data(response: Any, timeout: float = 5.0, skip_heartbeats: bool =
         return data_part(frame)
 
 
-async def open_live(port: int, world: Any, headers: Any = None) -> Any:
+async def open_live(port: int, world: Any, headers: Any = None, path: Any = None) -> Any:
     """A stream of ``world``'s run that answered 200 and has sent its snapshot (it is registered)."""
-    response = await open_request(port, world.events_path(), headers=headers)
+    response = await open_request(port, path or world.events_path(), headers=headers)
     assert response.status == 200
     assert (await response.next_event())["type"] == "snapshot"
     return response

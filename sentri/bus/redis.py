@@ -37,7 +37,7 @@ import collections
 import contextlib
 import logging
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 import redis.asyncio
@@ -55,6 +55,7 @@ from ..redis_history import (
     script_result,
     stream_key,
 )
+from ..redis_slots import ClusterDownError, SlotMap, address_of, node_url, probe, seed_urls
 from ..stream import CloseReason, Frame
 from . import Bus, Deliveries
 from . import messages as wire
@@ -121,8 +122,18 @@ class RedisBus(Bus):
         history_max_events: int = 1000,
         history_done_ttl_s: float = 600.0,
         history_idle_ttl_s: float = 86400.0,
+        cluster_node_compat: bool = False,
     ) -> None:
         self.redis_url = redis_url
+        self._seeds = seed_urls(redis_url)
+        # On a cluster (docs/relay.md §9): the slot map of the current session, the script's
+        # cluster arguments, and whether events also go out classic for Node instances.
+        self.slot_map: Optional[SlotMap] = None
+        self.cluster_node_compat = cluster_node_compat
+        self._cluster_publish_call = PublishCall(instance_id, history_max_events, history_done_ttl_s,
+                                                 history_idle_ttl_s, cluster=True, node_compat=cluster_node_compat)
+        #: Shard subscriber connections up in the current cluster session, by node ("host:port").
+        self.shard_connections: Dict[str, bool] = {}
         self.instance_id = instance_id
         self.backoff = Backoff(retry_base_s, max(retry_base_s, retry_max_s))
         self.ping_interval_s = ping_interval_s
@@ -137,7 +148,7 @@ class RedisBus(Bus):
         self._arrived: Dict[str, List[Frame]] = {}
         self._arrived_delivery: Optional[asyncio.Handle] = None
         self._hub: Optional[Deliveries] = None
-        self._where = describe_url(redis_url)
+        self._where = describe_url(self._seeds[0] if self._seeds else redis_url)
         # Subscription state. ``_wanted``: runs with local listeners (the hub's view).
         # ``_sent``: channels SUBSCRIBEd on the current connection. ``_confirmed``: those Redis
         # acknowledged, the only ones a ``done`` is certain to reach us on.
@@ -315,13 +326,50 @@ class RedisBus(Bus):
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
-        """One connection's life: subscribe, relay, until the first error (raised)."""
+        """One connection's life: subscribe, relay, until the first error (raised).
+
+        Each session first asks Redis whether it is a cluster (``CLUSTER SLOTS``): a single
+        Redis gets the session below, a cluster ``_cluster_session`` (docs/relay.md §9).
+        """
+        url, slot_map = await self._discover()
+        if slot_map is not None:
+            await self._cluster_session(slot_map)
+            return
+        self.slot_map = None
+        await self._single_session(url)
+
+    async def _cluster_session(self, slot_map: SlotMap) -> None:
+        """A session on a Redis Cluster: ``sentri.bus.cluster.ClusterAwareRedisBus`` has one
+        (that module depends on this one, not the other way round)."""
+        raise ClusterDownError("REDIS_URL names a Redis Cluster; this bus relays on one Redis only")
+
+    async def _discover(self) -> Tuple[str, Optional[SlotMap]]:
+        """The first seed (or node learned before) that answers, and its slot map (None: not a cluster)."""
+        known = self.slot_map.nodes if self.slot_map is not None else []
+        urls = self._seeds + [node_url(self._seeds[0], node.host, node.port) for node in known
+                              if node_url(self._seeds[0], node.host, node.port) not in self._seeds]
+        last_error: BaseException = ConnectionError("REDIS_URL names no node")
+        for url in urls:
+            try:
+                slot_map = await probe(url, CONNECT_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # that node is away: ask the next
+                last_error = error
+                continue
+            if slot_map is not None and not slot_map.covered:
+                last_error = ClusterDownError(f"{address_of(url)} knows no master for some slots")
+                continue
+            return url, slot_map
+        raise last_error
+
+    async def _single_session(self, url: str) -> None:
         retry = Retry(NoBackoff(), 0)  # errors come to us; the supervisor does the retrying
         subscriber = redis.asyncio.Redis.from_url(
-            self.redis_url, retry=retry, socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=0
+            url, retry=retry, socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=0
         )
         publisher = redis.asyncio.Redis.from_url(
-            self.redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=CONNECT_TIMEOUT_S,
+            url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=0, max_connections=1,
         )
         pubsub = subscriber.pubsub()
@@ -354,8 +402,8 @@ class RedisBus(Bus):
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(cleanup)
 
-    async def _end_session(self, tasks: List[asyncio.Task[None]], pubsub: Any, subscriber: Any,
-                           publisher: Any) -> None:
+    async def _end_session(self, tasks: List[asyncio.Task[None]], *closables: Any) -> None:
+        """Cancel the session's tasks, then close its pub/sub objects and clients, in that order."""
         for task in tasks:
             task.cancel()
         if tasks:
@@ -371,7 +419,7 @@ class RedisBus(Bus):
             for task in tasks:
                 if task.done() and not task.cancelled():
                     task.exception()  # retrieved: the session's error was already raised above
-        await self._close_quietly(pubsub.aclose(), subscriber.aclose(), publisher.aclose())
+        await self._close_quietly(*(closable.aclose() for closable in closables))
 
     @staticmethod
     async def _close_quietly(*closings: Any) -> None:
@@ -408,7 +456,13 @@ class RedisBus(Bus):
             await changed.wait()  # at once when a change came in while the batches were sent
 
     async def _send_outbox(self, publisher: Any, ready: asyncio.Event, script: Any) -> None:
-        await self._catch_up(publisher)
+        async def read_streams(starts: List[Tuple[str, str]]) -> List[Any]:
+            async with released_pipeline(publisher, transaction=False) as pipe:
+                for run_id, start in starts:
+                    pipe.xrange(stream_key(run_id), "(" + start, "+")
+                return list(await pipe.execute())
+
+        await self._catch_up(read_streams)
         while True:
             await ready.wait()
             ready.clear()
@@ -451,7 +505,7 @@ class RedisBus(Bus):
             item.resolve(None)
             self._deliver_here(item.run_id, item.data, item.ends_stream)
 
-    async def _catch_up(self, publisher: Any) -> None:
+    async def _catch_up(self, read_streams: Callable[[List[Tuple[str, str]]], Awaitable[List[Any]]]) -> None:
         """Gap repair after a (re)connect: each run with listeners gets, from its stream, what
         was published after the oldest id its listeners have; live frames wait meanwhile."""
         if not await self.wait_connected(CONNECT_TIMEOUT_S):
@@ -461,11 +515,7 @@ class RedisBus(Bus):
         await asyncio.gather(*(self.wait_subscribed(run_id, CONNECT_TIMEOUT_S) for run_id in runs))
         for batch in _batches(runs, PUBLISH_BATCH):
             starts = [(run_id, self._oldest_known_id(run_id)) for run_id in batch]
-            async with released_pipeline(publisher, transaction=False) as pipe:
-                for run_id, start in starts:
-                    if start is not None:
-                        pipe.xrange(stream_key(run_id), "(" + start, "+")
-                answers = iter(await pipe.execute())
+            answers = iter(await read_streams([(run_id, start) for run_id, start in starts if start is not None]))
             for run_id, start in starts:
                 rows = next(answers) if start is not None else []
                 self._repair(run_id, rows)
@@ -544,7 +594,7 @@ class RedisBus(Bus):
         self.ignored += 1
         self._too_deep.ignored()
 
-    def _on_run_message(self, channel: Optional[str], data: Any) -> None:
+    def _on_run_message(self, channel: Optional[str], data: Any, classic_on_cluster: bool = False) -> None:
         run_id = wire.run_id_of(channel or "")
         try:
             relayed = wire.decode_relayed(data, self.instance_id) if isinstance(data, bytes) else None
@@ -553,6 +603,9 @@ class RedisBus(Bus):
             return
         if run_id is None or relayed is None or self._hub is None:
             self.ignored += 1  # not a run channel, not an event, or our own echo
+            return
+        if classic_on_cluster and relayed.event_id is not None:
+            self.ignored += 1  # this project's event, published sharded too: delivered from there
             return
         frame = Frame(sse.data_frame(relayed.event_json, relayed.event_id), ends_stream=relayed.event_type == "done",
                       event_id=relayed.event_id)

@@ -1,0 +1,170 @@
+"""Key commands to the Redis that holds the key: the one Redis, or on a cluster the slot's master.
+
+Used by everything that reads or writes keys outside the relay's session: resume reads
+(``RedisHistory``), revocation checks (``RedisRevocations``), the worker publisher and
+``sentri emit``. Whether ``REDIS_URL`` is a cluster is asked on first use (``CLUSTER SLOTS``,
+``sentri.redis_slots.probe``); after an error that says the map may be stale (a connection
+error, ``MOVED``, ``CLUSTERDOWN``, ``TRYAGAIN``) it is asked again before the next command,
+and a command that failed that way is retried once on the new owner. A single Redis is
+used exactly as before: one client on the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar
+
+import redis
+import redis.asyncio
+
+from .redis_slots import ClusterDownError, Node, SlotMap, node_url, probe, probe_sync, seed_urls
+
+T = TypeVar("T")
+
+# Answers that mean "not on this node (any more)": the command did not run, so it may be resent.
+_REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_stale_map_error(error: BaseException) -> bool:
+    """Whether an error says the slot map should be asked for again."""
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, ClusterDownError, OSError)):
+        return True
+    if isinstance(error, redis.ResponseError):
+        return str(error).split(" ", 1)[0] in _REDIRECTS or type(error).__name__ in ("MovedError", "AskError",
+                                                                                  "TryAgainError", "ClusterDownError")
+    return False
+
+
+class RedisRouter:
+    """Async: ``await router.call(key, lambda client: client.exists(key))``."""
+
+    def __init__(self, redis_url: str, **client_options: Any) -> None:
+        self.redis_url = redis_url
+        self.seeds = seed_urls(redis_url)
+        self._options = client_options
+        self._timeout_s = float(client_options.get("socket_connect_timeout") or 1.0)
+        self.slot_map: Optional[SlotMap] = None
+        self.is_cluster: Optional[bool] = None  # None: not asked yet (or asked again next time)
+        self._clients: Dict[str, Any] = {}
+        self._probing: Optional[asyncio.Future[None]] = None
+
+    def _client(self, url: str) -> Any:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = redis.asyncio.Redis.from_url(url, **self._options)
+        return client
+
+    async def _learn(self) -> None:
+        last_error: Optional[BaseException] = None
+        known = self.slot_map.nodes if self.slot_map is not None else []
+        for url in self.seeds + [node_url(self.seeds[0], node.host, node.port) for node in known]:
+            try:
+                found = await probe(url, self._timeout_s)
+            except Exception as error:  # that node is away: ask the next
+                last_error = error
+                continue
+            self.slot_map, self.is_cluster = found, found is not None
+            return
+        raise last_error if last_error is not None else ClusterDownError("no seed node")
+
+    async def _ensure_known(self) -> None:
+        if self.is_cluster is not None:
+            return
+        if self._probing is None:
+            self._probing = asyncio.ensure_future(self._learn())
+            # Its callers may all have timed out (a revocation check waits 0.5 s): the error
+            # is still retrieved, and the next caller asks again.
+            self._probing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        probing = self._probing
+        try:
+            await asyncio.shield(probing)
+        finally:
+            if self._probing is probing and probing.done():
+                self._probing = None
+
+    async def client_for(self, name: str) -> Any:
+        await self._ensure_known()
+        if not self.is_cluster or self.slot_map is None:
+            return self._client(self.seeds[0])
+        owner = self.slot_map.owner_of(name)
+        if owner is None:
+            raise ClusterDownError(f"no master serves the slot of {name}")
+        return self._client(node_url(self.seeds[0], owner.host, owner.port))
+
+    def stale(self) -> None:
+        """Ask for the slot map again before the next command (single Redis: nothing changes)."""
+        if self.is_cluster:
+            self.is_cluster = None
+
+    async def call(self, name: str, command: Callable[[Any], Awaitable[T]]) -> T:
+        """``command(client)`` on the node holding ``name``; once more after a stale-map error."""
+        try:
+            return await command(await self.client_for(name))
+        except Exception as error:
+            if not self.is_cluster or not is_stale_map_error(error):
+                raise
+            self.stale()
+        return await command(await self.client_for(name))
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+class SyncRedisRouter:
+    """The same for synchronous callers (the worker publisher, ``sentri emit``)."""
+
+    def __init__(self, redis_url: str, **client_options: Any) -> None:
+        self.seeds = seed_urls(redis_url)
+        self._options = client_options
+        self._timeout_s = float(client_options.get("socket_connect_timeout") or 5.0)
+        self.slot_map: Optional[SlotMap] = None
+        self.is_cluster: Optional[bool] = None
+        self._clients: Dict[str, Any] = {}
+
+    def _client(self, url: str) -> Any:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = redis.Redis.from_url(url, **self._options)
+        return client
+
+    def ensure_known(self) -> None:
+        if self.is_cluster is not None:
+            return
+        last_error: Optional[BaseException] = None
+        known = self.slot_map.nodes if self.slot_map is not None else []
+        for url in self.seeds + [node_url(self.seeds[0], node.host, node.port) for node in known]:
+            try:
+                found = probe_sync(url, self._timeout_s)
+            except Exception as error:  # that node is away: ask the next
+                last_error = error
+                continue
+            self.slot_map, self.is_cluster = found, found is not None
+            return
+        raise last_error if last_error is not None else ClusterDownError("no seed node")
+
+    def client_at(self, node: Optional[Node]) -> Any:
+        if node is None:
+            return self._client(self.seeds[0])
+        return self._client(node_url(self.seeds[0], node.host, node.port))
+
+    def owner_of(self, name: str) -> Optional[Node]:
+        """None on a single Redis; raises ``ClusterDownError`` for a slot without a master."""
+        self.ensure_known()
+        if not self.is_cluster or self.slot_map is None:
+            return None
+        owner = self.slot_map.owner_of(name)
+        if owner is None:
+            raise ClusterDownError(f"no master serves the slot of {name}")
+        return owner
+
+    def stale(self) -> None:
+        if self.is_cluster:
+            self.is_cluster = None
+
+    def close(self) -> None:
+        clients: List[Any] = list(self._clients.values())
+        self._clients = {}
+        for client in clients:
+            client.close()
