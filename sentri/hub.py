@@ -311,6 +311,7 @@ class Hub:
         streams = self.runs.get(run_id)
         if not streams or not frames:
             return 0
+        self._new_version(run_id)  # as deliver: a snapshot read before these must not be reused
         listeners = list(streams)
         for stream in listeners:
             stream.send_many(frames)
