@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -28,6 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Dict, List, Optional, TextIO
 
@@ -78,6 +80,7 @@ class Deployment:
         self.instances = [Instance({**self.base_env, **INSTANCE_SETTINGS}, self.logs).start()
                           for _ in range(instances)]
         self.incarnations = [0] * instances
+        self.locks = collections.defaultdict(threading.Lock)
         self.nginx = Nginx(os.path.join(work), [instance.port for instance in self.instances], self.logs,
                            shutdown_timeout="2s").start()
 
@@ -156,7 +159,17 @@ class Deployment:
         self.redis.stop()
 
 
+def fault_target(kind: str, params: Dict[str, Any]) -> str:
+    """What a fault acts on: two faults on one target run one after the other, never interleaved."""
+    return f"instance {params['instance']}" if kind.startswith("instance_") else kind.split("_")[0]
+
+
 def apply_fault(deployment: Deployment, kind: str, params: Dict[str, Any]) -> str:
+    with deployment.locks[fault_target(kind, params)]:
+        return _apply_fault(deployment, kind, params)
+
+
+def _apply_fault(deployment: Deployment, kind: str, params: Dict[str, Any]) -> str:
     if kind == "instance_kill":
         deployment.restart_instance(params["instance"], signal.SIGKILL, params["restart_after_s"])
         return f"instance {params['instance']} SIGKILL, restarted after {params['restart_after_s']} s"

@@ -379,7 +379,6 @@ def check(work: str, database_url: str, out: str, started: str = "", database: s
     if missing_logs:
         lines += ["", f"Log lines missing from run_logs, first 10: {missing_logs[:10]}"]
     text = "\n".join(lines) + "\n"
-    print(text)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "verdict.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -389,6 +388,7 @@ def check(work: str, database_url: str, out: str, started: str = "", database: s
                    "published": dict(published.by_via), "rss_witness_growth_pct": witness_growth,
                    "rss": rss, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, handle, indent=1)
     write_violations(out, verdict, published)
+    print(text, flush=True)
     return clean
 
 

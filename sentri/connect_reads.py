@@ -12,7 +12,10 @@ answers are the same for all of them, so each is computed once and shared, with 
   not found, another workspace's). A found run's answer is reused only by a connect whose
   stream is reserved and only while the run has had no event since the read was sent
   (``run_version``): the reusing client holds every event from its reservation on, and the
-  snapshot already holds everything before (docs/stream.md §3). Any event (a log, a ``done``)
+  snapshot already holds everything before (docs/stream.md §3). It is also shared only between
+  connects that read the same newest id from the run's history just before: an event already
+  in history (its log line stored) but not yet delivered here does not change the version, and
+  a snapshot read before it would lack a line the snapshot's id says it holds. Any event (a log, a ``done``)
   thus ends the reuse at once; a change without an event (a deletion, a removed membership,
   a run finished in the database only) is seen once ``max_age_s`` has passed.
   Identical reads in flight are joined under the same conditions, so a storm on one run costs

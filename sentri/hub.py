@@ -167,8 +167,10 @@ class Hub:
         frames up to it were in the replay and are dropped, so none is sent twice.
         ``snapshot_logs``: log lines (and agent events' keys) the snapshot in ``head`` holds; a held
         frame with one of them was stored before the snapshot was read, so the client has it already.
-        ``snapshot_id``: the id the snapshot in ``head`` carries; frames relayed after the
-        held ones with an id up to it are not sent (with Redis, history can be ahead of pub/sub).
+        ``snapshot_id``: the id the snapshot in ``head`` carries; no frame with an id up to it is
+        sent after it, held or relayed later (with Redis, history can be ahead of pub/sub): those
+        events came before the snapshot (its log lines are in it), and sending them would put
+        ids on the wire that go back below the snapshot's (found by the soak, bench/soak.py).
         """
         stream.write(head)
         held = stream.release_held()
@@ -178,6 +180,9 @@ class Hub:
             # Frames relayed later may still be older than the replay's end (history can be
             # ahead of pub/sub on another instance): the stream drops those too.
             stream.last_key, stream.last_event_id = replayed, replayed_through
+        snapshot_key = id_key(snapshot_id)
+        if snapshot_key is not None and (stream.last_key is None or snapshot_key > stream.last_key):
+            stream.last_key, stream.last_event_id = snapshot_key, snapshot_id
         if snapshot_logs:
             stream.snapshot_logs = snapshot_logs
         if stream.closed:
@@ -190,9 +195,6 @@ class Hub:
         self.observer.stream_opened(stream)
         for frame in held:
             stream.send(frame)
-        snapshot_key = id_key(snapshot_id)
-        if snapshot_key is not None and (stream.last_key is None or snapshot_key > stream.last_key):
-            stream.last_key, stream.last_event_id = snapshot_key, snapshot_id
 
     def finish(self, stream: EventStream, head: bytes) -> None:
         """Serve a finished run: the head, snapshot and ``done`` already in ``head``; then end."""

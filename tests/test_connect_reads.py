@@ -99,6 +99,28 @@ async def test_a_batch_of_events_ends_the_reuse_of_a_snapshot_read_before_it(por
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_snapshot_is_shared_only_between_connects_that_read_the_same_history_id(context, world, rows):
+    # Found by the soak: an event in history (and its log in the database) that this instance
+    # had not delivered yet left the run's version as it was, so a connect whose history id
+    # already counted the event took a snapshot read before it, without its log line.
+    stream = context.hub.reserve("RUN-1")
+    assert stream is not None
+
+    async def snapshot(history_id: str) -> bytes:
+        lookup = await context.store.open_stream("USR-1", "WS-1", "RUN-1", reserved=True, history_id=history_id)
+        return bytes(lookup.snapshot_json)
+
+    first = await snapshot("1-1")
+    reads = context.store.reads
+    assert await snapshot("1-1") == first and context.store.reads == reads
+    rows.log(world.run, 1, "[2026-01-01T00:00:01.000Z] in history, not delivered here yet")
+    fresh = await snapshot("1-2")
+    assert context.store.reads == reads + 1
+    assert b'"logs":["[2026-01-01T00:00:01.000Z] in history, not delivered here yet"]' in fresh
+    stream.close("done")
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_run_finished_in_the_database_alone_is_served_finished_once_the_bound_has_passed(
         port, context, world):
     await connected(context)
