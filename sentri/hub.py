@@ -77,6 +77,10 @@ class Hub:
         # may be shared by streams reserved while it is still current (Store.open_stream).
         self._versions: Dict[str, int] = {}
         self._version_clock = 0
+        # Per run with listeners, the newest event id delivered here: where the relay's gap
+        # repair starts for a listener that went live without knowing its position (a snapshot
+        # without an id, read while history was unreadable).
+        self._newest: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._wheel: List[Set[EventStream]] = [set() for _ in range(WHEEL_SLOTS)]
         self._cursor = 0
         self._ticker: Optional[PeriodicCallback] = None
@@ -141,6 +145,18 @@ class Hub:
     def run_version(self, run_id: str) -> Optional[int]:
         """The run's current version; None when it has no listener here (nothing relayed is seen)."""
         return self._versions.get(run_id)
+
+    def newest_id(self, run_id: str) -> Optional[str]:
+        """The newest event id delivered to the run's listeners here (None: none yet, or no listener)."""
+        newest = self._newest.get(run_id)
+        return newest[1] if newest is not None else None
+
+    def _note_newest(self, run_id: str, frame: Frame) -> None:
+        key = frame.key
+        if key is not None and frame.event_id is not None:
+            newest = self._newest.get(run_id)
+            if newest is None or key > newest[0]:
+                self._newest[run_id] = (key, frame.event_id)
 
     def _new_version(self, run_id: str) -> None:
         self._version_clock += 1
@@ -216,6 +232,7 @@ class Hub:
         if not streams:
             del self.runs[stream.run_id]
             self._versions.pop(stream.run_id, None)
+            self._newest.pop(stream.run_id, None)
             self.bus.unsubscribe(stream.run_id)
 
     def stream_closed(self, stream: EventStream) -> None:
@@ -302,6 +319,7 @@ class Hub:
         if not streams:
             return 0
         self._new_version(run_id)
+        self._note_newest(run_id, frame)
         listeners = list(streams)
         for stream in listeners:
             stream.send(frame)
@@ -314,6 +332,8 @@ class Hub:
         if not streams or not frames:
             return 0
         self._new_version(run_id)  # as deliver: a snapshot read before these must not be reused
+        for frame in frames:
+            self._note_newest(run_id, frame)
         listeners = list(streams)
         for stream in listeners:
             stream.send_many(frames)

@@ -14,14 +14,17 @@ import warnings
 
 import pytest
 
+from sentri import sse
 from sentri.bus import Bus
 from sentri.bus import messages as wire
 from sentri.bus.redis import CLOSE_TIMEOUT_S, RedisBus, describe_url
 from sentri.history import MemoryHistory
 from sentri.hub import Hub
+from sentri.worker_publisher import RunEventPublisher
 
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .services import wait_until
+from .socketpairs import live_stream, read_exactly
 
 INSTANCE = "py_edges"
 
@@ -275,3 +278,40 @@ async def test_closing_a_relay_whose_session_swallows_the_cancel_still_ends_it_p
     assert supervisor is not None and supervisor.done()
     assert not bus.connected
     await wait_until(lambda: redis_server.subscribers(wire.TOKEN_REVOKED_CHANNEL) == 0, what="connection closed")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_gap_repair_reaches_a_listener_that_went_live_without_an_id(redis_server, expect_log):  # noqa: F811
+    # Found by the soak (bench/soak.py): a stream that went live on a snapshot without an id
+    # (read while Redis could not answer) has no position; when the relay then reconnected,
+    # gap repair skipped the run if no listener had an id, and what was published meanwhile
+    # never reached the stream. It now repairs from the newest id delivered on this instance.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=4.0, retry_max_s=4.0)  # reconnects 2-4 s later
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    first, first_client = live_stream(hub)
+    second_client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        assert await bus.wait_subscribed("RUN-1", 5.0)
+        publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+        before, _ = publisher.publish("RUN-1", "llm_token", {"token": "before"})
+        expected_first = sse.data_frame(b'{"type":"llm_token","token":"before"}', before)
+        assert await read_exactly(first_client, len(expected_first)) == expected_first
+        second, second_client = live_stream(hub)  # no id: as if its snapshot had none
+        first.close("client_gone")
+        with redis_server.client() as admin:
+            admin.client_kill_filter(_type="pubsub")  # the relay's session ends; it waits 2-4 s
+        await wait_until(lambda: not bus.connected, what="the relay sees its subscriber gone")
+        during, _ = publisher.publish("RUN-1", "llm_token", {"token": "while the relay was away"})
+        publisher.close()
+        assert await bus.wait_connected(10.0)
+        expected = sse.data_frame(b'{"type":"llm_token","token":"while the relay was away"}', during)
+        assert await read_exactly(second_client, len(expected)) == expected
+        second.close("done")
+    finally:
+        await bus.close()
+        first_client.close()
+        if second_client is not None:
+            second_client.close()

@@ -490,8 +490,14 @@ class RedisBus(Bus):
             self._hub.deliver(run_id, frame)
 
     def _oldest_known_id(self, run_id: str) -> Optional[str]:
-        known = [(key, stream.last_event_id) for stream in (self._hub.runs.get(run_id, ()) if self._hub else ())
+        streams = self._hub.runs.get(run_id, ()) if self._hub else ()
+        known = [(key, stream.last_event_id) for stream in streams
                  if stream.last_event_id and (key := id_key(stream.last_event_id)) is not None]
+        # A listener without an id (it went live on a snapshot read while history was
+        # unreadable) has at least what was delivered here before: repair from there.
+        newest = self._hub.newest_id(run_id) if self._hub is not None and len(known) < len(streams) else None
+        if newest is not None:
+            known.append((id_key(newest), newest))  # type: ignore[arg-type]
         return min(known)[1] if known else None
 
     def _release_held(self) -> None:
