@@ -47,6 +47,14 @@ OUTLIVE_BOUND_S = 20.0
 # Documented retryable 5xx bodies (docs/stream.md §2, docs/publish.md §3).
 DOCUMENTED_503 = ('"database unavailable"', '"server is shutting down"', '"too many SSE listeners on this run"',
                   '"stream closed before it opened"')
+# nginx's answer for a request held by an instance that died (SIGKILL): docs/publish.md §3 "Retrying".
+NGINX_502 = "<title>502 Bad Gateway</title>"
+
+
+def documented_5xx(status: int, body: str) -> bool:
+    if status == 503:
+        return any(text in body for text in DOCUMENTED_503)
+    return status == 502 and NGINX_502 in body
 LOG_TAG = re.compile(r"soak:([0-9]+\.[0-9a-z]+)")
 VIOLATIONS_KEPT_PER_KIND = 10
 
@@ -78,7 +86,7 @@ class Published:
                 for attempt in record["tries"]:
                     outcome = attempt[1]
                     if isinstance(outcome, int):
-                        documented = outcome == 503 and any(body in attempt[2] for body in DOCUMENTED_503)
+                        documented = documented_5xx(outcome, attempt[2])
                         key = f"{outcome} {'documented' if documented else 'UNDOCUMENTED'}" if outcome >= 500 \
                             else str(outcome)
                         if outcome >= 500 and not documented:
@@ -154,12 +162,14 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
         counts[f"connection answers {status}"] += 1
         if status and status >= 500:
             body = connection.get("body", "")
-            if not (status == 503 and any(text in body for text in DOCUMENTED_503)):
+            if not documented_5xx(status, body):
                 verdict.violate("unexpected 5xx", subscription, f"{status} {body}")
         if status == 204 and (done is None or done[1] > connection["th"] + 0.5):
             verdict.violate("204 before the run's done", subscription, json.dumps(connection)[:300])
+        # A client that was not reading (a client_stall fault) learns of the end only when it reads again.
+        stalled_until = max((end for _, end in connection.get("stalls", ())), default=0.0)
         if done is not None and status == 200 and connection.get("end") not in ("left", "drop", "done") \
-                and connection["te"] > done[1] + OUTLIVE_BOUND_S:
+                and connection["te"] > max(done[1], stalled_until) + OUTLIVE_BOUND_S:
             verdict.violate("stream outlived its run", subscription,
                                 f"open until {connection['te']}, done answered at {done[1]}")
         if connection.get("after_done"):
@@ -176,6 +186,7 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
         return
     # Walk the connections: order, duplicates, what arrived live or in a snapshot.
     live: Dict[str, int] = {}
+    idless: Set[str] = set()  # tags first received without an id (delivered during a Redis outage)
     in_snapshots: Set[str] = set()
     windows: List[Tuple[Optional[IdKey], Optional[IdKey], float, float]] = []  # resyncs: (id, id], (t, t]
     frames_seen: List[IdKey] = []
@@ -196,13 +207,11 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
             start = id_key(snapshot[0])
             if index != first:
                 windows.append((newest, start, previous_end_t, connection["th"]))
-            # Logs are stored before they are published: one published before the snapshot's id
-            # (or, for a snapshot without an id, answered before the request) is in it.
-            for tag, (event_type, event_id, answered, _) in events.items():
-                if event_type != "log" or tag in snapshot[1]:
-                    continue
-                if (event_id <= start if start is not None and event_id is not None
-                        else answered < connection["t0"]):
+            # Logs are stored before they are published: one with an id up to the snapshot's is in
+            # it. (A snapshot without an id makes no such claim: what it lacks must come live.)
+            for tag, (event_type, event_id, _, _) in events.items():
+                if event_type == "log" and start is not None and event_id is not None and event_id <= start \
+                        and tag not in snapshot[1]:
                     verdict.violate("snapshot lacks a stored log", subscription, f"{tag} id {event_id}")
         elif connection.get("sr") == "replay":
             start = id_key(connection.get("lei"))
@@ -220,10 +229,14 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
                 frames_seen.append(key)
             if tag:
                 live[tag] = live.get(tag, 0) + 1
+                if not event_id:
+                    idless.add(tag)
                 if live[tag] == 2:
                     event = events.get(tag)
                     if event is not None and event[3]:
                         counts["twice: publish retried after an ambiguous failure (at-least-once)"] += 1
+                    elif tag in idless and event_id:
+                        counts["twice: first without an id in a Redis outage, then with it (documented)"] += 1
                     else:
                         verdict.violate("duplicated", subscription, f"{tag} ({event_type}) twice")
         if connection["f"]:

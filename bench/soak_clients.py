@@ -209,7 +209,7 @@ class Client:
         while True:
             stalled_until = self.stalls.until(self.index, self.clock.now())
             if stalled_until:
-                record.setdefault("stalls", []).append(self.clock.now())
+                record.setdefault("stalls", []).append([self.clock.now(), stalled_until])
                 await asyncio.sleep(stalled_until - self.clock.now())
             if self.behaviour == "slow":
                 await asyncio.sleep(0.05)
