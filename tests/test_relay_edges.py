@@ -315,3 +315,31 @@ async def test_gap_repair_reaches_a_listener_that_went_live_without_an_id(redis_
         first_client.close()
         if second_client is not None:
             second_client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_script_redis_refuses_goes_back_alone_and_the_ones_it_ran_are_not_published_again(
+        redis_server, expect_log):  # noqa: F811
+    # Found by the soak: a Redis loading its append-only file after a restart refused some
+    # scripts of a pipelined batch and ran the rest; the whole batch went back to the outbox,
+    # so the events it had run were in history, and on every other instance, twice.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(ResponseError: WRONGTYPE")
+    with redis_server.client() as admin:
+        admin.set("sentri:events:RUN-BAD", "not a stream")  # its script fails: WRONGTYPE
+    bus = RedisBus(redis_server.url, INSTANCE, retry_max_s=0.2)
+    Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    try:
+        assert await bus.wait_connected(5.0)
+        ran = bus.publish_event("RUN-1", b'{"type":"llm_token","token":"ran"}', False)
+        refused = bus.publish_event("RUN-BAD", b'{"type":"llm_token","token":"refused"}', False)
+        ran_id = await asyncio.wait_for(ran, 10)
+        assert ran_id is not None
+        assert await asyncio.wait_for(refused, 10) is None  # delivered here at once, waiting in the outbox
+        await wait_until(lambda: bus.connects >= 2, what="the relay reconnects after the refusal")
+        with redis_server.client() as admin:
+            admin.delete("sentri:events:RUN-BAD")
+            await wait_until(lambda: admin.xlen("sentri:events:RUN-BAD") == 1, what="the refused one published")
+            assert [entry_id.decode() for entry_id, _ in admin.xrange("sentri:events:RUN-1")] == [ran_id]
+    finally:
+        await bus.close()

@@ -425,13 +425,21 @@ class RedisBus(Bus):
                                 keys, args = self._publish_call(item.run_id, item.data, item.ends_stream,
                                                                 item.delivered_here)
                                 await script(keys=keys, args=args, client=pipe)
-                        results = await pipe.execute()
+                        # Errors as values: a script Redis refused (LOADING after a restart,
+                        # WRONGTYPE) must not send back the ones it ran, which would be in
+                        # history twice (found by the soak, bench/soak.py).
+                        results = await pipe.execute(raise_on_error=False)
                 except BaseException:
                     self._put_back(batch)
                     raise
-                self.published += len(batch)
+                refused = [item for item, result in zip(batch, results) if isinstance(result, Exception)]
+                self.published += len(batch) - len(refused)
                 for item, result in zip(batch, results):
-                    item.resolve(None if item.raw else script_result(result)[0])
+                    if not isinstance(result, Exception):
+                        item.resolve(None if item.raw else script_result(result)[0])
+                if refused:
+                    self._put_back(refused)
+                    raise next(result for result in results if isinstance(result, Exception))
 
     def _put_back(self, batch: List[_Outgoing]) -> None:
         """A batch Redis may not have run: its events go back first in line, delivered here now."""
