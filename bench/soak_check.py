@@ -80,6 +80,7 @@ class Published:
         self.unexpected_5xx: List[Any] = []
         self.ambiguous = 0
         self.log_tags: Set[str] = set()
+        self.outage_tags: Set[str] = set()  # answered without an id: Redis was unreachable (the outbox)
         with open(os.path.join(work, "producers.jsonl"), encoding="utf-8") as handle:
             for line in handle:
                 record = json.loads(line)
@@ -105,6 +106,8 @@ class Published:
                         self.done[record["r"]] = (id_key(event_id), record["ta"])
                         continue
                     self.events[record["r"]][tag] = (event_type, id_key(event_id), record["ta"], ambiguous)
+                    if event_id is None:
+                        self.outage_tags.add(tag)
                     if event_type == "log":
                         self.log_tags.add(tag)
 
@@ -222,7 +225,9 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
             counts["frames checked"] += 1
             key = id_key(event_id)
             if key is not None:
-                if previous is not None and key <= previous:
+                # A finished run's done carries the snapshot's id (docs/stream.md §8): not a step back.
+                same_as_snapshot = event_type == "done" and snapshot is not None and event_id == snapshot[0]
+                if previous is not None and key <= previous and not same_as_snapshot:
                     verdict.violate("out of order", subscription, f"{event_id} after {previous}")
                 previous = key
                 newest = key if newest is None or key > newest else newest
@@ -243,6 +248,9 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
             last_frame_t = connection["te"]
         previous_end_t = connection.get("te", previous_end_t)
     finished = subscription["end"] in ("done", "204")
+    # A done without an id was delivered by its instance during a Redis outage (docs/relay.md §6).
+    last_frames = conns[-1].get("f") or [["x", ""]]
+    outage_done = subscription["end"] == "done" and last_frames[-1][1] == "done" and not last_frames[-1][0]
     newest_frame = max((events[tag][1] for tag in live if tag in events and events[tag][1] is not None),
                        default=None)
     frame_ids = sorted(events[tag][1] for tag in live if tag in events and events[tag][0] == "frame"
@@ -266,6 +274,12 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
             continue
         if event_type == "frame" and frame_ids and event_id is not None and event_id < frame_ids[-1]:
             counts["frame replaced by a newer one (documented)"] += 1
+            continue
+        if outage_done and (event_id is None or newest is None or event_id > newest):
+            counts["overtaken by a done delivered in a Redis outage (documented)"] += 1
+            continue
+        if tag in published.outage_tags and answered < conns[-1].get("th", 0.0):
+            counts["outage event delivered on its instance before the stream opened (documented)"] += 1
             continue
         if any(_in_window(event_id, answered, window) for window in windows):
             counts["between a resume's id and its snapshot (documented)"] += 1
