@@ -77,11 +77,15 @@ class Deployment:
                          "JWT_SECRET": JWT_SECRET, "SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN,
                          "SENTRI_DATA_DIR": work, "SENTRI_BENCH_RUNS": str(run_count)}
         self.token = self.prepare()
-        self.instances = [Instance({**self.base_env, **INSTANCE_SETTINGS}, self.logs).start()
+        self.instances = [Instance({**self.base_env, **INSTANCE_SETTINGS}, self.logs).start(timeout_s=60)
                           for _ in range(instances)]
         self.incarnations = [0] * instances
         self.locks = collections.defaultdict(threading.Lock)
-        self.nginx = Nginx(os.path.join(work), [instance.port for instance in self.instances], self.logs,
+        # nginx's workers (not root) write request bodies over 16 KiB to temp-body/ in its folder:
+        # a folder of its own that they can reach (the work folder may sit under a private one).
+        self.nginx_folder = tempfile.mkdtemp(prefix="sentri-soak-nginx-")
+        os.chmod(self.nginx_folder, 0o755)
+        self.nginx = Nginx(self.nginx_folder, [instance.port for instance in self.instances], self.logs,
                            shutdown_timeout="2s").start()
 
     def prepare(self) -> str:
@@ -98,8 +102,8 @@ class Deployment:
         instance.process.send_signal(how)
         instance.process.wait(60)
         time.sleep(restart_after_s)
-        instance.start()
         self.incarnations[index] += 1
+        instance.start(timeout_s=60)  # a loaded 2-core machine can take long to import and bind
 
     def pause_redis(self, seconds: float) -> None:
         assert self.redis.process is not None
@@ -157,6 +161,7 @@ class Deployment:
         if self.redis.process is not None:
             self.redis.process.send_signal(signal.SIGCONT)
         self.redis.stop()
+        shutil.rmtree(self.nginx_folder, ignore_errors=True)
 
 
 def fault_target(kind: str, params: Dict[str, Any]) -> str:
@@ -270,6 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warmup", type=float, default=60.0,
                         help="seconds before the first fault; RSS growth is measured from then (60)")
     parser.add_argument("--client-processes", type=int, default=2, help="asyncio processes of clients (2)")
+    parser.add_argument("--rss-target", type=float, default=5.0,
+                        help="largest RSS growth of instance 0 after warm-up, in %% (5; 0: reported only)")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/sentri_soak",
                         help="an empty database for --database postgres (its tables are dropped first)")
@@ -296,7 +303,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         deployment.stop()
     verdict = check(work, deployment.database_url, args.out, started=started,
-                    database=args.database, failed_children=failed_children)
+                    database=args.database, failed_children=failed_children, rss_target_pct=args.rss_target)
     if not args.keep and not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if verdict else 1

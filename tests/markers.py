@@ -5,6 +5,11 @@ fixture whose name contains "redis" (``redis_server``, ``redis_not_started``, ..
 that reaches Redis another way marks itself ``@pytest.mark.redis``. The tox ``noredis`` env
 deselects them (``-m "not redis"``; pytest reports them as deselected, not skipped), and the
 rest of the suite runs with no Redis at all, on the in-process bus.
+
+``soak``: the one-minute fault-injecting soak of the whole deployment (``tests/test_soak.py``,
+``bench/soak.py``): minutes of a whole machine, so it runs in one env only. It is deselected
+(reported as deselected, never skipped) unless the ``-m`` expression names it: ``-m soak`` runs
+it alone, ``-m "soak or not soak"`` with everything else.
 """
 
 from __future__ import annotations
@@ -18,9 +23,15 @@ __all__ = ["pytest_collection_modifyitems", "pytest_configure"]
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "redis: needs a Redis server; deselected in the tox noredis env")
+    config.addinivalue_line("markers", "soak: the fault-injecting soak (bench/soak.py); runs only when -m names it")
 
 
 def pytest_collection_modifyitems(config: Any, items: List[pytest.Item]) -> None:
     for item in items:
         if any("redis" in name for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.redis)
+    if "soak" not in (config.getoption("markexpr") or ""):
+        deselected = [item for item in items if item.get_closest_marker("soak") is not None]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item.get_closest_marker("soak") is None]
