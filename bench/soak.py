@@ -310,8 +310,21 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def reset_postgres(url: str) -> None:
+    """An empty database at ``url``: created when missing (through the server's ``postgres``
+    database), its public schema dropped and made again otherwise."""
+    from urllib.parse import urlsplit, urlunsplit
+
     import psycopg2
 
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cursor.fetchone() is None:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
     connection = psycopg2.connect(url)
     connection.autocommit = True
     with connection.cursor() as cursor:

@@ -326,6 +326,19 @@ class Hub:
         self.observer.event_delivered(run_id, len(listeners), len(frame.raw))
         return len(listeners)
 
+    def deliver_to_joined_after(self, run_id: str, frame: Frame, since: float) -> int:
+        """``deliver`` to the run's streams registered after ``since`` (``time.monotonic()``) only:
+        an event the others already had without an id, from a Redis outage (sentri.bus.redis)."""
+        streams = [stream for stream in self.runs.get(run_id, ()) if stream.opened_at > since]
+        if not streams:
+            return 0
+        self._new_version(run_id)
+        self._note_newest(run_id, frame)
+        for stream in streams:
+            stream.send(frame)
+        self.observer.event_delivered(run_id, len(streams), len(frame.raw))
+        return len(streams)
+
     def deliver_many(self, run_id: str, frames: Sequence[Frame]) -> int:
         """``deliver`` for frames that arrived together: each listener gets them in one write."""
         streams = self.runs.get(run_id)

@@ -20,6 +20,7 @@ from sentri.bus import messages as wire
 from sentri.bus.redis import CLOSE_TIMEOUT_S, RedisBus, describe_url
 from sentri.history import MemoryHistory
 from sentri.hub import Hub
+from sentri.stream import Frame
 from sentri.worker_publisher import RunEventPublisher
 
 from .redis_server import redis_server  # noqa: F401 (fixture)
@@ -343,3 +344,46 @@ async def test_a_script_redis_refuses_goes_back_alone_and_the_ones_it_ran_are_no
             assert [entry_id.decode() for entry_id, _ in admin.xrange("sentri:events:RUN-1")] == [ran_id]
     finally:
         await bus.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_that_registers_after_an_outage_event_was_delivered_here_gets_it_once_published(
+        redis_server, expect_log):  # noqa: F811
+    # Found by the soak: an event published while Redis was away reaches this instance's
+    # streams at once, without an id; its echo is dropped when the outbox publishes it. A
+    # stream that registered in between had neither. Stored events (a log) are in its snapshot.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=4.0, retry_max_s=4.0)  # reconnects 2-4 s later
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    early, early_client = live_stream(hub)
+    late_client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        assert await bus.wait_subscribed("RUN-1", 5.0)
+        with redis_server.client() as admin:
+            admin.client_kill_filter(_type="pubsub")
+        await wait_until(lambda: not bus.connected, what="the relay sees its subscriber gone")
+        token = b'{"type":"llm_token","token":"in the outage"}'
+        log = b'{"type":"log","message":"[2026-01-01T00:00:01.000Z] stored in the outage"}'
+        assert await bus.publish_event("RUN-1", token, False) is None
+        assert await bus.publish_event("RUN-1", log, False) is None
+        assert await read_exactly(early_client, len(sse.data_frame(token) + sse.data_frame(log))) == (
+            sse.data_frame(token) + sse.data_frame(log))
+        late, late_client = live_stream(hub)
+        assert await bus.wait_connected(10.0)
+        with redis_server.client() as admin:
+            await wait_until(lambda: admin.xlen("sentri:events:RUN-1") == 2, what="the outbox published")
+            (token_id, _), _ = admin.xrange("sentri:events:RUN-1")
+        expected = sse.data_frame(token, token_id.decode())
+        assert await read_exactly(late_client, len(expected)) == expected
+        late.send(Frame(b": end\n\n"))
+        assert await read_exactly(late_client, 7) == b": end\n\n"  # nothing else came before it
+        early.send(Frame(b": end\n\n"))
+        assert await read_exactly(early_client, 7) == b": end\n\n"  # the early one: nothing again
+        late.close("done")
+    finally:
+        await bus.close()
+        early_client.close()
+        if late_client is not None:
+            late_client.close()
