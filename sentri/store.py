@@ -181,6 +181,8 @@ class StreamLookup:
 
 
 NO_WORKSPACE_LOOKUP = StreamLookup(StreamOutcome.NO_WORKSPACE)
+# A found run's snapshot is reused only at the same (run version here, newest id in history).
+ReadVersion = Tuple[int, Optional[str]]
 
 
 def _is_found(lookup: StreamLookup) -> bool:
@@ -512,8 +514,8 @@ class Store:
             workspace_id = answer.workspace_id if isinstance(answer, StreamLookup) else answer
             return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved, history_id)
         self.reads += 1
-        version = self.run_version(run_id) if reserved else None
-        if claimed_workspace is not None and self._runs.ready((run_id, claimed_workspace, include_snapshot, history_id),
+        version = self._read_version(run_id, reserved, history_id)
+        if claimed_workspace is not None and self._runs.ready((run_id, claimed_workspace, include_snapshot),
                                                               self.clock(), version, needs_version=_is_found):
             # The run is read (or being read) for the workspace the token names: the membership alone.
             resolving = asyncio.ensure_future(self._resolve_and_keep(user_id, claimed_workspace))
@@ -523,9 +525,16 @@ class Store:
         # The workspace and the run in one database trip.
         reading = asyncio.ensure_future(self._read_and_keep(
             lambda: self.open_stream_sync(user_id, claimed_workspace, run_id, include_snapshot),
-            run_id, (include_snapshot, history_id), version, member_key))
+            run_id, include_snapshot, version, member_key))
         self._workspaces.start(member_key, None, reading)
         return await asyncio.shield(reading)
+
+    def _read_version(self, run_id: str, reserved: bool, history_id: Optional[str]) -> Optional[ReadVersion]:
+        """What a found run's snapshot is reused at: the run's version here and the newest id its
+        history gave (None: never reused, the caller's stream is not registered or the run has no
+        listener here). Part of the answer's key would keep one answer per history id: memory."""
+        version = self.run_version(run_id) if reserved else None
+        return None if version is None else (version, history_id)
 
     async def _resolve_and_keep(self, user_id: str, claimed_workspace: Optional[str]) -> Optional[str]:
         def timed() -> Tuple[float, Optional[str]]:
@@ -536,9 +545,8 @@ class Store:
                              self.clock())
         return workspace_id
 
-    async def _read_and_keep(self, read: Callable[[], StreamLookup], run_id: str,
-                             shape: Tuple[bool, Optional[str]],
-                             version: Optional[int], member_key: Optional[Tuple[str, Optional[str]]] = None,
+    async def _read_and_keep(self, read: Callable[[], StreamLookup], run_id: str, include_snapshot: bool,
+                             version: Optional[ReadVersion], member_key: Optional[Tuple[str, Optional[str]]] = None,
                              ) -> StreamLookup:
         """``read`` on a database thread, its answers kept before anyone waiting on it resumes."""
 
@@ -550,15 +558,15 @@ class Store:
         if member_key is not None:
             self._workspaces.put(member_key, until, None, lookup.workspace_id, now)
         if lookup.workspace_id is not None:
-            self._runs.put((run_id, lookup.workspace_id, *shape), until, version, lookup, now)
+            self._runs.put((run_id, lookup.workspace_id, include_snapshot), until, version, lookup, now)
         return lookup
 
     async def _run_lookup(self, user_id: str, workspace_id: Optional[str], run_id: str, include_snapshot: bool,
                           reserved: bool, history_id: Optional[str]) -> StreamLookup:
         if workspace_id is None:
             return NO_WORKSPACE_LOOKUP
-        key = (run_id, workspace_id, include_snapshot, history_id)
-        version = self.run_version(run_id) if reserved else None
+        key = (run_id, workspace_id, include_snapshot)
+        version = self._read_version(run_id, reserved, history_id)
         entry = self._runs.get(key, self.clock(), version, needs_version=_is_found)
         if entry is not None:
             self.shared += 1
@@ -570,7 +578,7 @@ class Store:
         self.reads += 1
         task = asyncio.ensure_future(self._read_and_keep(
             lambda: self.open_stream_sync(user_id, None, run_id, include_snapshot, member_of=workspace_id),
-            run_id, (include_snapshot, history_id), version))
+            run_id, include_snapshot, version))
         self._runs.start(key, version, task)
         return cast(StreamLookup, await asyncio.shield(task))
 

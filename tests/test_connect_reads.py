@@ -117,6 +117,7 @@ async def test_a_snapshot_is_shared_only_between_connects_that_read_the_same_his
     fresh = await snapshot("1-2")
     assert context.store.reads == reads + 1
     assert b'"logs":["[2026-01-01T00:00:01.000Z] in history, not delivered here yet"]' in fresh
+    assert len(context.store._runs) == 1  # one answer per run: the id is not part of its key (memory)
     stream.close("done")
 
 
