@@ -44,9 +44,6 @@ from soak_plan import Plan
 
 # A connection of a finished run still open this long after its done was answered outlived it.
 OUTLIVE_BOUND_S = 20.0
-# A stream opened on a snapshot without an id while the relay was away: what was published until
-# the relay is back (its reconnect backoff, at most SENTRI_RELAY_RETRY_MAX_S = 10 s) may miss it.
-POSITIONLESS_REPAIR_S = 15.0
 # Documented retryable 5xx bodies (docs/stream.md §2, docs/publish.md §3).
 DOCUMENTED_503 = ('"database unavailable"', '"server is shutting down"', '"too many SSE listeners on this run"',
                   '"stream closed before it opened"')
@@ -202,9 +199,6 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
     cut_id = id_key(first_snapshot[0]) if first_snapshot else None
     cut_t = conns[first]["th"]
     previous_end_t = cut_t
-    # Heads of connections whose snapshot had no id (history unreadable): relay.md §6, gap repair.
-    positionless = [connection["th"] for connection in conns[first:]
-                    if connection.get("st") == 200 and connection.get("snap") and not connection["snap"][0]]
     for index in range(first, len(conns)):
         connection = conns[index]
         if connection.get("st") != 200:
@@ -283,9 +277,6 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
             continue
         if outage_done and (event_id is None or newest is None or event_id > newest):
             counts["overtaken by a done delivered in a Redis outage (documented)"] += 1
-            continue
-        if any(start_t - 1 <= answered <= start_t + POSITIONLESS_REPAIR_S for start_t in positionless):
-            counts["published as a stream without a position opened, relay away (documented)"] += 1
             continue
         if any(_in_window(event_id, answered, window) for window in windows):
             counts["between a resume's id and its snapshot (documented)"] += 1

@@ -387,3 +387,32 @@ async def test_a_stream_that_registers_after_an_outage_event_was_delivered_here_
         early_client.close()
         if late_client is not None:
             late_client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_gap_repair_reaches_a_listener_without_an_id_on_a_run_nothing_was_delivered_for_here(
+        redis_server, expect_log):  # noqa: F811
+    # Found by the soak: such a stream (its snapshot read while Redis was away, on an instance
+    # where its run had no other listener) missed a done published meanwhile and outlived its
+    # run until its age bound. Repair starts shortly before it registered (Redis ids are times).
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=4.0, retry_max_s=4.0)  # reconnects 2-4 s later
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    stream, client = live_stream(hub)  # no id: as if its snapshot had none
+    try:
+        assert await bus.wait_connected(5.0)
+        assert await bus.wait_subscribed("RUN-1", 5.0)
+        with redis_server.client() as admin:
+            admin.client_kill_filter(_type="pubsub")
+        await wait_until(lambda: not bus.connected, what="the relay sees its subscriber gone")
+        done_id, _ = publisher.publish("RUN-1", "done", {"status": "completed"})
+        assert await bus.wait_connected(10.0)
+        expected = sse.data_frame(b'{"type":"done","status":"completed"}', done_id)
+        assert await read_exactly(client, len(expected) + 1) == expected  # then the end: the done ended it
+        assert stream.closed
+    finally:
+        publisher.close()
+        await bus.close()
+        client.close()

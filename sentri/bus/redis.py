@@ -72,6 +72,9 @@ class RelayTimeoutError(Exception):
     """Redis stopped answering the subscriber connection's PINGs."""
 
 
+# Gap repair for listeners without an id and nothing delivered here: from this long before the
+# first of them registered (clocks of Redis and this host may differ by that much).
+POSITIONLESS_MARGIN_S = 2.0
 # Events a publisher stores before it publishes them (sentri.event_intake): in every snapshot read after.
 DURABLE_PREFIXES = (b'{"type":"log"', b'{"type":"done"', b'{"type":"agent_event"')
 
@@ -521,10 +524,16 @@ class RedisBus(Bus):
         streams = self._hub.runs.get(run_id, ()) if self._hub else ()
         known = [(key, stream.last_event_id) for stream in streams
                  if stream.last_event_id and (key := id_key(stream.last_event_id)) is not None]
-        # A listener without an id (it went live on a snapshot read while history was
-        # unreadable) has at least what was delivered here before: repair from there.
-        newest = self._hub.newest_id(run_id) if self._hub is not None and len(known) < len(streams) else None
-        if newest is not None:
+        positionless = [stream for stream in streams if not stream.last_event_id]
+        if positionless and self._hub is not None:
+            # A listener without an id (it went live on a snapshot read while history was
+            # unreadable) has at least what was delivered here before: repair from there; with
+            # nothing delivered here yet, from shortly before it registered (Redis ids start with
+            # Redis's clock in ms): a done published meanwhile must still end it.
+            newest = self._hub.newest_id(run_id)
+            if newest is None:
+                registered_s = time.time() - (time.monotonic() - min(stream.opened_at for stream in positionless))
+                newest = f"{int((registered_s - POSITIONLESS_MARGIN_S) * 1000)}-0"
             known.append((id_key(newest), newest))  # type: ignore[arg-type]
         return min(known)[1] if known else None
 
