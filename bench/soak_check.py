@@ -190,6 +190,7 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
     # Walk the connections: order, duplicates, what arrived live or in a snapshot.
     live: Dict[str, int] = {}
     idless: Set[str] = set()  # tags first received without an id (delivered during a Redis outage)
+    ids_of: Dict[str, Set[str]] = {}  # the ids each tag came with
     in_snapshots: Set[str] = set()
     windows: List[Tuple[Optional[IdKey], Optional[IdKey], float, float]] = []  # resyncs: (id, id], (t, t]
     frames_seen: List[IdKey] = []
@@ -236,12 +237,20 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
                 live[tag] = live.get(tag, 0) + 1
                 if not event_id:
                     idless.add(tag)
+                else:
+                    ids_of.setdefault(tag, set()).add(event_id)
                 if live[tag] == 2:
                     event = events.get(tag)
                     if event is not None and event[3]:
                         counts["twice: publish retried after an ambiguous failure (at-least-once)"] += 1
                     elif tag in idless and event_id:
                         counts["twice: first without an id in a Redis outage, then with it (documented)"] += 1
+                    elif not event_id and tag in published.outage_tags:
+                        counts["twice: a batch put back when Redis went away mid-pipeline (documented)"] += 1
+                    elif event_id and len(ids_of[tag]) == 2:
+                        # Two ids: the event is in history twice (relay.md §6: a batch put back
+                        # after Redis went away mid-pipeline is published again).
+                        counts["twice, with two ids: in history twice after a batch was put back (documented)"] += 1
                     else:
                         verdict.violate("duplicated", subscription, f"{tag} ({event_type}) twice")
         if connection["f"]:
