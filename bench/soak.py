@@ -23,6 +23,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from typing import Any, Dict, List, Optional, TextIO
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +56,9 @@ INSTANCE_SETTINGS = {
     "SENTRI_DB_WORKERS": "2",
     "LOG_LEVEL": "warn",
     "LOG_JSON": "true",
+    "SENTRI_METRICS_TOKEN": "soak-metrics-token-77d2",  # streams open, sampled beside RSS
 }
+STREAMS_OPEN = re.compile(r"^sentri_streams_open (\S+)$", re.M)
 
 
 class Deployment:
@@ -154,6 +158,20 @@ class Deployment:
             sizes.append(size)
         return sizes
 
+    def streams_open(self) -> List[Optional[int]]:
+        """Each instance's open streams (its /metrics), None when it does not answer."""
+        counts: List[Optional[int]] = []
+        for instance in self.instances:
+            request = urllib.request.Request(f"http://127.0.0.1:{instance.port}/metrics", headers={
+                "Authorization": f"Bearer {INSTANCE_SETTINGS['SENTRI_METRICS_TOKEN']}"})
+            try:
+                with urllib.request.urlopen(request, timeout=1.0) as answer:
+                    match = STREAMS_OPEN.search(answer.read().decode())
+                counts.append(int(float(match.group(1))) if match else None)
+            except (OSError, ValueError):
+                counts.append(None)
+        return counts
+
     def stop(self) -> None:
         self.nginx.stop()
         for instance in self.instances:
@@ -217,9 +235,11 @@ async def inject_faults(plan: Plan, deployment: Deployment, t0: float, log: Text
 
 
 async def sample_rss(deployment: Deployment, t0: float, log: TextIO, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         sizes = deployment.rss_kb()
-        log.write(json.dumps({"t": round(time.time() - t0, 3), "rss_kb": sizes,
+        streams = await loop.run_in_executor(None, deployment.streams_open)
+        log.write(json.dumps({"t": round(time.time() - t0, 3), "rss_kb": sizes, "streams": streams,
                               "incarnation": list(deployment.incarnations)}) + "\n")
         log.flush()
         with contextlib.suppress(asyncio.TimeoutError):

@@ -330,14 +330,18 @@ def rss_rows(work: str, plan: Plan) -> Tuple[List[List[str]], Optional[float]]:
     """Per instance incarnation living past ``rss_from_s``: RSS then, at the end, growth. The
     target applies to instance 0, which faults never restart (the witness)."""
     samples: Dict[Tuple[int, int], List[Tuple[float, int]]] = collections.defaultdict(list)
+    streams: Dict[Tuple[int, int], List[Tuple[float, int]]] = collections.defaultdict(list)
     with open(os.path.join(work, "rss.jsonl"), encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
             if row["t"] > plan.duration_s:
                 continue
+            open_now = row.get("streams") or [None] * len(row["rss_kb"])
             for index, (size, incarnation) in enumerate(zip(row["rss_kb"], row["incarnation"])):
                 if size is not None:
                     samples[(index, incarnation)].append((row["t"], size))
+                if open_now[index] is not None:
+                    streams[(index, incarnation)].append((row["t"], open_now[index]))
     rows: List[List[str]] = []
     witness_growth: Optional[float] = None
     for (index, incarnation), points in sorted(samples.items()):
@@ -350,9 +354,12 @@ def rss_rows(work: str, plan: Plan) -> Tuple[List[List[str]], Optional[float]]:
         growth = (end / base - 1) * 100
         if index == 0 and incarnation == 0:
             witness_growth = growth
+        counts = [count for t, count in streams[(index, incarnation)] if t >= rss_from_s(plan)]
+        held = (f"{statistics.median(counts[:window]):.0f} / {statistics.median(counts[-window:]):.0f} / "
+                f"{max(counts)}") if len(counts) >= window else "n/a"
         rows.append([f"instance {index}" + (f" (restart {incarnation})" if incarnation else " (never restarted)"),
                      f"{points[0][1] / 1024:.0f} MB", f"{base / 1024:.0f} MB", f"{end / 1024:.0f} MB",
-                     f"{max(size for _, size in points) / 1024:.0f} MB", f"{growth:+.1f} %"])
+                     f"{max(size for _, size in points) / 1024:.0f} MB", f"{growth:+.1f} %", held])
     return rows, witness_growth
 
 
@@ -413,7 +420,8 @@ def check(work: str, database_url: str, out: str, started: str = "", database: s
                   f"{ordered[int(len(ordered) * 0.99)]:.2f} / {ordered[-1]:.2f} s |"]
     lines += ["", "| fault | injected |", "|---|---|"]
     lines += [f"| {kind} | {count} |" for kind, count in sorted(faults.items())]
-    lines += ["", "| RSS | first | after warm-up | at the end | max | growth |", "|---|---|---|---|---|---|"]
+    lines += ["", "| RSS | first | after warm-up | at the end | max | growth | streams open then / at the end / max |",
+              "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rss]
     if failed_faults:
         lines += ["", "Faults that failed:"] + [f"- {text}" for text in failed_faults]
