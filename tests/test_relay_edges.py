@@ -9,6 +9,7 @@ import asyncio
 import gc
 import json
 import re
+import socket
 import time
 import warnings
 
@@ -416,3 +417,38 @@ async def test_gap_repair_reaches_a_listener_without_an_id_on_a_run_nothing_was_
         publisher.close()
         await bus.close()
         client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_that_stopped_waiting_for_its_channel_is_caught_up_once_redis_confirms_it(
+        redis_server):  # noqa: F811
+    # Found by the soak: under load (a connect storm, a paused Redis) the wait for the run's
+    # channel timed out and the stream went on; what was published after its history read and
+    # before Redis took the SUBSCRIBE reached it neither live nor by any repair.
+    bus = RedisBus(redis_server.url, INSTANCE)
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        read_through, _ = publisher.publish("RUN-1", "llm_token", {"token": "its history read ends here"})
+        missed, _ = publisher.publish("RUN-1", "llm_token", {"token": "before its channel was confirmed"})
+        stream = hub.reserve("RUN-1")
+        assert stream is not None
+        assert await bus.wait_subscribed("RUN-1", 0.0) is False  # it did not wait
+        server_end, client = socket.socketpair()
+        server_end.setblocking(False)
+        stream.attach_socket(server_end, False)
+        hub.open(stream, b"", snapshot_id=read_through)
+        expected = sse.data_frame(b'{"type":"llm_token","token":"before its channel was confirmed"}', missed)
+        assert await read_exactly(client, len(expected)) == expected
+        after, _ = publisher.publish("RUN-1", "llm_token", {"token": "live"})
+        expected = sse.data_frame(b'{"type":"llm_token","token":"live"}', after)
+        assert await read_exactly(client, len(expected)) == expected
+        stream.close("done")
+    finally:
+        publisher.close()
+        await bus.close()
+        if client is not None:
+            client.close()

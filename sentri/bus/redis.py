@@ -156,6 +156,10 @@ class RedisBus(Bus):
         # the reply to the last command sent for it, not by an older one still in flight.
         self._replies_due: Dict[str, int] = {}
         self._waiters: Dict[str, List[asyncio.Future[bool]]] = {}
+        # Runs a stream went on without waiting for Redis to confirm their channel (the wait
+        # timed out): once confirmed, they are caught up from history like after a reconnect.
+        self._unconfirmed: Set[str] = set()
+        self._late_repairs: Set[str] = set()
         self._subscriptions_changed: Optional[asyncio.Event] = None
         # Outgoing messages, bounded in bytes: a slow Redis makes them wait, never the loop.
         self._outbox: Deque[_Outgoing] = collections.deque()
@@ -244,6 +248,9 @@ class RedisBus(Bus):
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except asyncio.TimeoutError:
+            # The caller goes on: what is published before Redis gets to the SUBSCRIBE would
+            # reach it neither live nor by a reconnect's repair (found by the soak).
+            self._unconfirmed.add(run_id)
             return False
         finally:
             waiters = self._waiters.get(channel)
@@ -341,6 +348,8 @@ class RedisBus(Bus):
             # From now on, live frames for runs with listeners wait until their gap is repaired.
             self._deliver_arrived()
             self._catching_up = {run_id: [] for run_id in (self._hub.runs if self._hub is not None else ())}
+            self._unconfirmed.clear()  # the reconnect's repair covers every run with listeners
+            self._late_repairs.clear()
             await asyncio.wait_for(pubsub.subscribe(wire.TOKEN_REVOKED_CHANNEL), CONNECT_TIMEOUT_S)
             self._last_heard = time.monotonic()
             tasks = [
@@ -420,6 +429,7 @@ class RedisBus(Bus):
         while True:
             await ready.wait()
             ready.clear()
+            await self._repair_late(publisher)
             while self._outbox:
                 batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
                 self._outbox_bytes -= sum(len(item.data) for item in batch)
@@ -503,6 +513,33 @@ class RedisBus(Bus):
         if self._catching_up:  # runs that got listeners meanwhile had none before: nothing to repair
             self._release_held()
 
+    def _schedule_late_repair(self, run_id: Optional[str]) -> None:
+        """A run's channel confirmed after a stream stopped waiting for it: hold its live frames
+        and have the sender catch it up from history (``_repair_late``)."""
+        if run_id is None or run_id not in self._unconfirmed:
+            return
+        self._unconfirmed.discard(run_id)
+        self._deliver_arrived()
+        self._catching_up.setdefault(run_id, [])
+        self._late_repairs.add(run_id)
+        if self._outbox_ready is not None:
+            self._outbox_ready.set()
+
+    async def _repair_late(self, publisher: Any) -> None:
+        """Gap repair for runs whose channel Redis confirmed late (on the sender's connection)."""
+        runs, self._late_repairs = sorted(self._late_repairs), set()
+        for batch in _batches(runs, PUBLISH_BATCH):
+            for run_id in batch:
+                self._catching_up.setdefault(run_id, [])  # a reconnect's repair may have released it
+            starts = [(run_id, self._oldest_known_id(run_id)) for run_id in batch]
+            async with released_pipeline(publisher, transaction=False) as pipe:
+                for run_id, start in starts:
+                    if start is not None:
+                        pipe.xrange(stream_key(run_id), "(" + start, "+")
+                answers = iter(await pipe.execute())
+            for run_id, start in starts:
+                self._repair(run_id, next(answers) if start is not None else [])
+
     def _repair(self, run_id: str, rows: Any) -> None:
         self._deliver_arrived()
         held = self._catching_up.pop(run_id, None)
@@ -578,6 +615,7 @@ class RedisBus(Bus):
                 self._confirmed.add(channel)
                 for future in self._waiters.pop(channel, []):
                     future.set_result(True)  # never done before: only this and a disconnect resolve it
+                self._schedule_late_repair(wire.run_id_of(channel))
 
     def _expect_replies(self, channels: List[str]) -> None:
         for channel in channels:
