@@ -196,6 +196,7 @@ class Hub:
             # Frames relayed later may still be older than the replay's end (history can be
             # ahead of pub/sub on another instance): the stream drops those too.
             stream.last_key, stream.last_event_id = replayed, replayed_through
+        stream.from_snapshot = replayed is None
         snapshot_key = id_key(snapshot_id)
         if snapshot_key is not None and (stream.last_key is None or snapshot_key > stream.last_key):
             stream.last_key, stream.last_event_id = snapshot_key, snapshot_id
@@ -326,10 +327,13 @@ class Hub:
         self.observer.event_delivered(run_id, len(listeners), len(frame.raw))
         return len(listeners)
 
-    def deliver_to_joined_after(self, run_id: str, frame: Frame, since: float) -> int:
+    def deliver_to_joined_after(self, run_id: str, frame: Frame, since: float, stored: bool = False) -> int:
         """``deliver`` to the run's streams registered after ``since`` (``time.monotonic()``) only:
-        an event the others already had without an id, from a Redis outage (sentri.bus.redis)."""
-        streams = [stream for stream in self.runs.get(run_id, ()) if stream.opened_at > since]
+        an event the others already had without an id, from a Redis outage (sentri.bus.redis).
+        ``stored``: the event was stored before ``since``, so streams live on a snapshot (read
+        after it) hold it already; pending ones and replayed ones do not."""
+        streams = [stream for stream in self.runs.get(run_id, ())
+                   if stream.opened_at > since and not (stored and stream.opened and stream.from_snapshot)]
         if not streams:
             return 0
         self._new_version(run_id)

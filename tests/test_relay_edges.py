@@ -371,13 +371,23 @@ async def test_a_stream_that_registers_after_an_outage_event_was_delivered_here_
         assert await bus.publish_event("RUN-1", log, False) is None
         assert await read_exactly(early_client, len(sse.data_frame(token) + sse.data_frame(log))) == (
             sse.data_frame(token) + sse.data_frame(log))
-        late, late_client = live_stream(hub)
+        late, late_client = live_stream(hub)  # live on a snapshot: it holds the stored log
+        replayed = hub.reserve("RUN-1")  # live on a replay read before the outbox was published
+        assert replayed is not None
+        replayed_end, replayed_client = socket.socketpair()
+        replayed_end.setblocking(False)
+        replayed.attach_socket(replayed_end, False)
+        hub.open(replayed, b"", replayed_through="1-1")
         assert await bus.wait_connected(10.0)
         with redis_server.client() as admin:
             await wait_until(lambda: admin.xlen("sentri:events:RUN-1") == 2, what="the outbox published")
-            (token_id, _), _ = admin.xrange("sentri:events:RUN-1")
+            (token_id, _), (log_id, _) = admin.xrange("sentri:events:RUN-1")
         expected = sse.data_frame(token, token_id.decode())
         assert await read_exactly(late_client, len(expected)) == expected
+        expected_replayed = expected + sse.data_frame(log, log_id.decode())
+        assert await read_exactly(replayed_client, len(expected_replayed)) == expected_replayed
+        replayed.close("done")
+        replayed_client.close()
         late.send(Frame(b": end\n\n"))
         assert await read_exactly(late_client, 7) == b": end\n\n"  # nothing else came before it
         early.send(Frame(b": end\n\n"))

@@ -484,13 +484,14 @@ class RedisBus(Bus):
     def _deliver_to_late_joiners(self, item: _Outgoing, event_id: Optional[str]) -> None:
         """An outage event published at last: streams that registered here after it was delivered
         here (without an id) never had it, and its echo is dropped, so they get it now, with its
-        id (found by the soak, bench/soak.py). Not a stored one (a log, a done, an agent event):
-        their snapshot, read after it was stored, holds it."""
-        if event_id is None or self._hub is None or item.data.startswith(DURABLE_PREFIXES):
+        id (found by the soak, bench/soak.py). A stored one (a log, a done, an agent event) not
+        to those live on a snapshot: read after it was stored, their snapshot holds it."""
+        if event_id is None or self._hub is None:
             return
         self._deliver_arrived()
-        self._hub.deliver_to_joined_after(item.run_id, Frame(sse.data_frame(item.data, event_id), event_id=event_id),
-                                          item.delivered_at)
+        self._hub.deliver_to_joined_after(item.run_id, Frame(sse.data_frame(item.data, event_id), event_id=event_id,
+                                                             ends_stream=item.ends_stream),
+                                          item.delivered_at, stored=item.data.startswith(DURABLE_PREFIXES))
 
     async def _catch_up(self, publisher: Any) -> None:
         """Gap repair after a (re)connect: each run with listeners gets, from its stream, what
