@@ -107,7 +107,7 @@ class RunEventsHandler(LenientDecoding):
         # Reserved (live events held) before history is read, history before the database.
         plan = await plan_start(hub.history, run_id, self._last_event_id())
         lookup = await self._look_up(identity, run_id, stream, include_snapshot=not plan.replays,
-                                     reserved=stream is not None)
+                                     reserved=stream is not None, history_id=plan.snapshot_id)
         try:
             self._check(lookup, stream)
         except ApiError:
@@ -148,11 +148,13 @@ class RunEventsHandler(LenientDecoding):
             hub.finish(stream, head)
 
     async def _look_up(self, identity: Identity, run_id: str, stream: Optional[EventStream],
-                       include_snapshot: bool = True, reserved: bool = False) -> StreamLookup:
+                       include_snapshot: bool = True, reserved: bool = False,
+                       history_id: Optional[str] = None) -> StreamLookup:
         """The run and its project, off the IOLoop; a database that fails is 503, not 500."""
         try:
             return await self.context.store.open_stream(identity.user_id, identity.workspace_id, run_id,
-                                                        include_snapshot=include_snapshot, reserved=reserved)
+                                                        include_snapshot=include_snapshot, reserved=reserved,
+                                                        history_id=history_id)
         except Exception as error:
             if stream is not None:
                 stream.close(CloseReason.REFUSED)

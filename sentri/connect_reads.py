@@ -12,7 +12,10 @@ answers are the same for all of them, so each is computed once and shared, with 
   not found, another workspace's). A found run's answer is reused only by a connect whose
   stream is reserved and only while the run has had no event since the read was sent
   (``run_version``): the reusing client holds every event from its reservation on, and the
-  snapshot already holds everything before (docs/stream.md §3). Any event (a log, a ``done``)
+  snapshot already holds everything before (docs/stream.md §3). It is also shared only between
+  connects that read the same newest id from the run's history just before: an event already
+  in history (its log line stored) but not yet delivered here does not change the version, and
+  a snapshot read before it would lack a line the snapshot's id says it holds. Any event (a log, a ``done``)
   thus ends the reuse at once; a change without an event (a deletion, a removed membership,
   a run finished in the database only) is seen once ``max_age_s`` has passed.
   Identical reads in flight are joined under the same conditions, so a storm on one run costs
@@ -65,7 +68,7 @@ class VerifiedTokens:
 class _Entry(Generic[T]):
     __slots__ = ("until", "version", "value")
 
-    def __init__(self, until: float, version: Optional[int], value: T) -> None:
+    def __init__(self, until: float, version: Optional[Hashable], value: T) -> None:
         self.until = until
         self.version = version
         self.value = value
@@ -77,9 +80,9 @@ class AgedAnswers(Generic[T]):
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self._entries: Dict[Hashable, _Entry[T]] = {}
-        self._pending: Dict[Hashable, Tuple[Optional[int], asyncio.Future[Any]]] = {}
+        self._pending: Dict[Hashable, Tuple[Optional[Hashable], asyncio.Future[Any]]] = {}
 
-    def get(self, key: Hashable, now: float, version: Optional[int] = None,
+    def get(self, key: Hashable, now: float, version: Optional[Hashable] = None,
             needs_version: Callable[[T], bool] = lambda value: False) -> Optional[_Entry[T]]:
         entry = self._entries.get(key)
         if entry is None:
@@ -91,26 +94,26 @@ class AgedAnswers(Generic[T]):
             return None
         return entry
 
-    def put(self, key: Hashable, until: float, version: Optional[int], value: T, now: float) -> None:
+    def put(self, key: Hashable, until: float, version: Optional[Hashable], value: T, now: float) -> None:
         if len(self._entries) >= self.max_entries:
             self._entries = {k: e for k, e in self._entries.items() if now < e.until}
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
         self._entries[key] = _Entry(until, version, value)
 
-    def ready(self, key: Hashable, now: float, version: Optional[int],
+    def ready(self, key: Hashable, now: float, version: Optional[Hashable],
               needs_version: Callable[[T], bool]) -> bool:
         """Whether ``key`` has a reusable answer, or a read in flight at this version."""
         return self.get(key, now, version, needs_version) is not None or self.pending(key, version) is not None
 
-    def pending(self, key: Hashable, version: Optional[int]) -> Optional[asyncio.Future[Any]]:
+    def pending(self, key: Hashable, version: Optional[Hashable]) -> Optional[asyncio.Future[Any]]:
         """A read in flight for ``key`` sent at this very run version (None only joins None)."""
         found = self._pending.get(key)
         if found is None or found[0] != version:
             return None
         return found[1]
 
-    def start(self, key: Hashable, version: Optional[int], task: asyncio.Future[Any]) -> None:
+    def start(self, key: Hashable, version: Optional[Hashable], task: asyncio.Future[Any]) -> None:
         self._pending[key] = (version, task)
         task.add_done_callback(lambda done: self._finished(key, done))
 

@@ -55,6 +55,15 @@ class Replay:
     entries: List[Entry]
     client_has_done: bool = False
 
+    def __post_init__(self) -> None:
+        # Nothing after the run's done: an event can land in history behind it (an outbox of
+        # another instance flushed late after a Redis outage, docs/relay.md §6), and a replay
+        # that went on would send it after the done, on a stream that must end there (soak).
+        for index, entry in enumerate(self.entries):
+            if entry.ends_stream:
+                del self.entries[index + 1:]
+                break
+
     @property
     def last_id(self) -> Optional[str]:
         return self.entries[-1].event_id if self.entries else None

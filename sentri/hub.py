@@ -77,6 +77,10 @@ class Hub:
         # may be shared by streams reserved while it is still current (Store.open_stream).
         self._versions: Dict[str, int] = {}
         self._version_clock = 0
+        # Per run with listeners, the newest event id delivered here: where the relay's gap
+        # repair starts for a listener that went live without knowing its position (a snapshot
+        # without an id, read while history was unreadable).
+        self._newest: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._wheel: List[Set[EventStream]] = [set() for _ in range(WHEEL_SLOTS)]
         self._cursor = 0
         self._ticker: Optional[PeriodicCallback] = None
@@ -142,6 +146,18 @@ class Hub:
         """The run's current version; None when it has no listener here (nothing relayed is seen)."""
         return self._versions.get(run_id)
 
+    def newest_id(self, run_id: str) -> Optional[str]:
+        """The newest event id delivered to the run's listeners here (None: none yet, or no listener)."""
+        newest = self._newest.get(run_id)
+        return newest[1] if newest is not None else None
+
+    def _note_newest(self, run_id: str, frame: Frame) -> None:
+        key = frame.key
+        if key is not None and frame.event_id is not None:
+            newest = self._newest.get(run_id)
+            if newest is None or key > newest[0]:
+                self._newest[run_id] = (key, frame.event_id)
+
     def _new_version(self, run_id: str) -> None:
         self._version_clock += 1
         self._versions[run_id] = self._version_clock
@@ -167,8 +183,10 @@ class Hub:
         frames up to it were in the replay and are dropped, so none is sent twice.
         ``snapshot_logs``: log lines (and agent events' keys) the snapshot in ``head`` holds; a held
         frame with one of them was stored before the snapshot was read, so the client has it already.
-        ``snapshot_id``: the id the snapshot in ``head`` carries; frames relayed after the
-        held ones with an id up to it are not sent (with Redis, history can be ahead of pub/sub).
+        ``snapshot_id``: the id the snapshot in ``head`` carries; no frame with an id up to it is
+        sent after it, held or relayed later (with Redis, history can be ahead of pub/sub): those
+        events came before the snapshot (its log lines are in it), and sending them would put
+        ids on the wire that go back below the snapshot's (found by the soak, bench/soak.py).
         """
         stream.write(head)
         held = stream.release_held()
@@ -178,6 +196,10 @@ class Hub:
             # Frames relayed later may still be older than the replay's end (history can be
             # ahead of pub/sub on another instance): the stream drops those too.
             stream.last_key, stream.last_event_id = replayed, replayed_through
+        stream.from_snapshot = replayed is None
+        snapshot_key = id_key(snapshot_id)
+        if snapshot_key is not None and (stream.last_key is None or snapshot_key > stream.last_key):
+            stream.last_key, stream.last_event_id = snapshot_key, snapshot_id
         if snapshot_logs:
             stream.snapshot_logs = snapshot_logs
         if stream.closed:
@@ -190,9 +212,6 @@ class Hub:
         self.observer.stream_opened(stream)
         for frame in held:
             stream.send(frame)
-        snapshot_key = id_key(snapshot_id)
-        if snapshot_key is not None and (stream.last_key is None or snapshot_key > stream.last_key):
-            stream.last_key, stream.last_event_id = snapshot_key, snapshot_id
 
     def finish(self, stream: EventStream, head: bytes) -> None:
         """Serve a finished run: the head, snapshot and ``done`` already in ``head``; then end."""
@@ -214,6 +233,7 @@ class Hub:
         if not streams:
             del self.runs[stream.run_id]
             self._versions.pop(stream.run_id, None)
+            self._newest.pop(stream.run_id, None)
             self.bus.unsubscribe(stream.run_id)
 
     def stream_closed(self, stream: EventStream) -> None:
@@ -300,17 +320,37 @@ class Hub:
         if not streams:
             return 0
         self._new_version(run_id)
+        self._note_newest(run_id, frame)
         listeners = list(streams)
         for stream in listeners:
             stream.send(frame)
         self.observer.event_delivered(run_id, len(listeners), len(frame.raw))
         return len(listeners)
 
+    def deliver_to_joined_after(self, run_id: str, frame: Frame, since: float, stored: bool = False) -> int:
+        """``deliver`` to the run's streams registered after ``since`` (``time.monotonic()``) only:
+        an event the others already had without an id, from a Redis outage (sentri.bus.redis).
+        ``stored``: the event was stored before ``since``, so streams live on a snapshot (read
+        after it) hold it already; pending ones and replayed ones do not."""
+        streams = [stream for stream in self.runs.get(run_id, ())
+                   if stream.opened_at > since and not (stored and stream.opened and stream.from_snapshot)]
+        if not streams:
+            return 0
+        self._new_version(run_id)
+        self._note_newest(run_id, frame)
+        for stream in streams:
+            stream.send(frame)
+        self.observer.event_delivered(run_id, len(streams), len(frame.raw))
+        return len(streams)
+
     def deliver_many(self, run_id: str, frames: Sequence[Frame]) -> int:
         """``deliver`` for frames that arrived together: each listener gets them in one write."""
         streams = self.runs.get(run_id)
         if not streams or not frames:
             return 0
+        self._new_version(run_id)  # as deliver: a snapshot read before these must not be reused
+        for frame in frames:
+            self._note_newest(run_id, frame)
         listeners = list(streams)
         for stream in listeners:
             stream.send_many(frames)

@@ -181,6 +181,8 @@ class StreamLookup:
 
 
 NO_WORKSPACE_LOOKUP = StreamLookup(StreamOutcome.NO_WORKSPACE)
+# A found run's snapshot is reused only at the same (run version here, newest id in history).
+ReadVersion = Tuple[int, Optional[str]]
 
 
 def _is_found(lookup: StreamLookup) -> bool:
@@ -489,38 +491,50 @@ class Store:
         )
 
     async def open_stream(self, user_id: str, claimed_workspace: Optional[str], run_id: str,
-                          include_snapshot: bool = True, reserved: bool = False) -> StreamLookup:
+                          include_snapshot: bool = True, reserved: bool = False,
+                          history_id: Optional[str] = None) -> StreamLookup:
         """``open_stream_sync``, its answers shared between connects within the bounds of sentri.connect_reads.
 
         ``reserved``: the caller's stream is registered on the hub (holding live events), so it
         may take a found run's snapshot read since the run's last event.
+        ``history_id``: the run's newest id in history, read just before (the id the snapshot
+        will carry). A snapshot is shared only between connects that read the same id: one
+        read before an event reached history (but before this instance delivered it, so the
+        run's version had not changed) would lack a log line the id says it holds.
         """
         member_key = (user_id, claimed_workspace)
         member = self._workspaces.get(member_key, self.clock())
         if member is not None:
             self.shared += 1
-            return await self._run_lookup(user_id, member.value, run_id, include_snapshot, reserved)
+            return await self._run_lookup(user_id, member.value, run_id, include_snapshot, reserved, history_id)
         joined = self._workspaces.pending(member_key, None)
         if joined is not None:  # the user's workspace is being read: its answer, as its leader gets it
             self.shared += 1
             answer = await asyncio.shield(joined)
             workspace_id = answer.workspace_id if isinstance(answer, StreamLookup) else answer
-            return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved)
+            return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved, history_id)
         self.reads += 1
-        version = self.run_version(run_id) if reserved else None
+        version = self._read_version(run_id, reserved, history_id)
         if claimed_workspace is not None and self._runs.ready((run_id, claimed_workspace, include_snapshot),
                                                               self.clock(), version, needs_version=_is_found):
             # The run is read (or being read) for the workspace the token names: the membership alone.
             resolving = asyncio.ensure_future(self._resolve_and_keep(user_id, claimed_workspace))
             self._workspaces.start(member_key, None, resolving)
             workspace_id = await asyncio.shield(resolving)
-            return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved)
+            return await self._run_lookup(user_id, workspace_id, run_id, include_snapshot, reserved, history_id)
         # The workspace and the run in one database trip.
         reading = asyncio.ensure_future(self._read_and_keep(
             lambda: self.open_stream_sync(user_id, claimed_workspace, run_id, include_snapshot),
             run_id, include_snapshot, version, member_key))
         self._workspaces.start(member_key, None, reading)
         return await asyncio.shield(reading)
+
+    def _read_version(self, run_id: str, reserved: bool, history_id: Optional[str]) -> Optional[ReadVersion]:
+        """What a found run's snapshot is reused at: the run's version here and the newest id its
+        history gave (None: never reused, the caller's stream is not registered or the run has no
+        listener here). Part of the answer's key would keep one answer per history id: memory."""
+        version = self.run_version(run_id) if reserved else None
+        return None if version is None else (version, history_id)
 
     async def _resolve_and_keep(self, user_id: str, claimed_workspace: Optional[str]) -> Optional[str]:
         def timed() -> Tuple[float, Optional[str]]:
@@ -532,7 +546,7 @@ class Store:
         return workspace_id
 
     async def _read_and_keep(self, read: Callable[[], StreamLookup], run_id: str, include_snapshot: bool,
-                             version: Optional[int], member_key: Optional[Tuple[str, Optional[str]]] = None,
+                             version: Optional[ReadVersion], member_key: Optional[Tuple[str, Optional[str]]] = None,
                              ) -> StreamLookup:
         """``read`` on a database thread, its answers kept before anyone waiting on it resumes."""
 
@@ -548,11 +562,11 @@ class Store:
         return lookup
 
     async def _run_lookup(self, user_id: str, workspace_id: Optional[str], run_id: str, include_snapshot: bool,
-                          reserved: bool) -> StreamLookup:
+                          reserved: bool, history_id: Optional[str]) -> StreamLookup:
         if workspace_id is None:
             return NO_WORKSPACE_LOOKUP
         key = (run_id, workspace_id, include_snapshot)
-        version = self.run_version(run_id) if reserved else None
+        version = self._read_version(run_id, reserved, history_id)
         entry = self._runs.get(key, self.clock(), version, needs_version=_is_found)
         if entry is not None:
             self.shared += 1

@@ -130,6 +130,7 @@ class EventStream:
         "last_key",
         "snapshot_logs",
         "opened",
+        "from_snapshot",
         "expires_at",
         "__weakref__",
     )
@@ -141,6 +142,7 @@ class EventStream:
         self.workspace_id: Optional[str] = None
         self.client_ip = client_ip
         self.opened_at = time.monotonic()
+        self.from_snapshot = False  # went live on a snapshot (not a replay): its stored events are in it
         self.sock: Optional[socket.socket] = None
         self.chunked = True
         # Frames that arrive while the snapshot is being read wait here, so none is lost (docs/stream.md §3).

@@ -94,11 +94,11 @@ class Instance:
         self.stderr_path = os.path.join(log_dir, f"sentri-serve-{self.port}.stderr")
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
-    def start(self) -> Instance:
+    def start(self, timeout_s: float = 10.0) -> Instance:
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve"], env=self.env,
                                             stderr=stderr, stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, process=self.process)
+        wait_for_port(self.port, timeout_s=timeout_s, process=self.process)
         return self
 
     def log_lines(self) -> List[str]:

@@ -61,10 +61,13 @@ async def wait_until(condition, timeout_s: float = 10.0, what: str = "condition"
 
 
 class RedisServer:
-    """A private ``redis-server`` (no persistence) that a test may stop and start again."""
+    """A private ``redis-server`` that a test may stop and start again: no persistence, or with
+    ``appendonly`` an append-only file in ``folder``, so a restart (SIGTERM, then ``start``)
+    keeps every key (the soak's Redis restarts keep the runs' history)."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, appendonly: bool = False) -> None:
         self.folder = folder
+        self.appendonly = appendonly
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
@@ -74,7 +77,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args: List[str] = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--dir", self.folder]
+                           "--appendonly", "yes" if self.appendonly else "no", "--dir", self.folder]
         with open(os.path.join(self.folder, f"redis-{self.port}.log"), "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, process=self.process)

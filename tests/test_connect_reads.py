@@ -16,6 +16,7 @@ import pytest
 
 from sentri import connect_reads
 from sentri.connect_reads import MAX_AGE_S, VerifiedTokens
+from sentri.event_intake import PreparedEvent, prepare
 from sentri.hub import Hub
 from sentri.models import Project, Run, WorkspaceMember
 from sentri.stream import Frame
@@ -76,6 +77,48 @@ async def test_a_second_connect_takes_the_first_ones_snapshot_until_the_run_has_
     # Once: in the snapshot, not again live.
     await context.publisher.publish("RUN-1", "llm_token", {"token": "next"})
     assert (await late.next_event())["type"] == "llm_token"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_batch_of_events_ends_the_reuse_of_a_snapshot_read_before_it(port, context, world):
+    # Found by the soak (bench/soak.py): events delivered together (a batch, or a burst the
+    # relay read at once) did not change the run's version, so a connect within the bound took
+    # the snapshot read before them while its id, read from history, was already past them:
+    # the batch's log lines were in neither the snapshot nor the live stream.
+    await connected(context)
+    first, _ = await snapshot_of(port, world.events_path())
+    reads = context.store.reads
+    batch = [PreparedEvent("log", *prepare("log", {"message": f"batched line {n}"})) for n in (1, 2)]
+    await context.publisher.publish_prepared("RUN-1", batch)
+    assert [(await first.next_event())["type"] for _ in batch] == ["log", "log"]
+    late, fresh = await snapshot_of(port, world.events_path())
+    assert context.store.reads == reads + 1
+    assert [line.split("] ", 1)[1] for line in fresh["run"]["logs"][-2:]] == ["batched line 1", "batched line 2"]
+    await context.publisher.publish("RUN-1", "llm_token", {"token": "next"})
+    assert (await late.next_event()) == {"type": "llm_token", "token": "next"}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_snapshot_is_shared_only_between_connects_that_read_the_same_history_id(context, world, rows):
+    # Found by the soak: an event in history (and its log in the database) that this instance
+    # had not delivered yet left the run's version as it was, so a connect whose history id
+    # already counted the event took a snapshot read before it, without its log line.
+    stream = context.hub.reserve("RUN-1")
+    assert stream is not None
+
+    async def snapshot(history_id: str) -> bytes:
+        lookup = await context.store.open_stream("USR-1", "WS-1", "RUN-1", reserved=True, history_id=history_id)
+        return bytes(lookup.snapshot_json)
+
+    first = await snapshot("1-1")
+    reads = context.store.reads
+    assert await snapshot("1-1") == first and context.store.reads == reads
+    rows.log(world.run, 1, "[2026-01-01T00:00:01.000Z] in history, not delivered here yet")
+    fresh = await snapshot("1-2")
+    assert context.store.reads == reads + 1
+    assert b'"logs":["[2026-01-01T00:00:01.000Z] in history, not delivered here yet"]' in fresh
+    assert len(context.store._runs) == 1  # one answer per run: the id is not part of its key (memory)
+    stream.close("done")
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -206,7 +249,10 @@ def test_a_runs_version_changes_with_every_event_and_is_none_without_listeners()
     hub.reserve("RUN-1")
     assert hub.run_version("RUN-1") == first  # more listeners are not a change
     hub.deliver("RUN-1", Frame(b"data: {}\n\n"))
-    assert hub.run_version("RUN-1") not in (None, first)
+    second = hub.run_version("RUN-1")
+    assert second not in (None, first)
+    hub.deliver_many("RUN-1", [Frame(b"data: {}\n\n"), Frame(b"data: {}\n\n")])  # a batch, a relayed burst
+    assert hub.run_version("RUN-1") not in (None, first, second)
     for listener in list(hub.runs["RUN-1"]):
         hub.forget(listener)
     assert hub.run_version("RUN-1") is None

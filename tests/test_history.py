@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentri.history import MemoryHistory, id_key
+from sentri.history import Entry, MemoryHistory, Replay, id_key
 
 
 class Clock:
@@ -96,3 +96,15 @@ async def test_a_run_without_done_is_forgotten_after_the_idle_ttl():
     assert await log.replay_after("RUN-1", event_id) is not None
     clock.now += 2
     assert await log.last_id("RUN-1") is None
+
+
+def test_a_replay_ends_at_the_runs_done_even_when_history_holds_events_after_it():
+    # Found by the soak (bench/soak.py): after a Redis outage an instance's outbox can land
+    # events in history behind the run's done; a resume sent them after the done.
+    before = Entry("1-1", b'{"type":"log","message":"a"}')
+    done = Entry("1-2", b'{"type":"done","status":"completed"}', ends_stream=True)
+    late = Entry("1-3", b'{"type":"llm_token","token":"late"}')
+    replay = Replay([before, done, late])
+    assert replay.entries == [before, done]
+    assert replay.last_id == "1-2"
+    assert Replay([before, late]).entries == [before, late]

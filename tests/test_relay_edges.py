@@ -9,19 +9,24 @@ import asyncio
 import gc
 import json
 import re
+import socket
 import time
 import warnings
 
 import pytest
 
+from sentri import sse
 from sentri.bus import Bus
 from sentri.bus import messages as wire
 from sentri.bus.redis import CLOSE_TIMEOUT_S, RedisBus, describe_url
 from sentri.history import MemoryHistory
 from sentri.hub import Hub
+from sentri.stream import Frame
+from sentri.worker_publisher import RunEventPublisher
 
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .services import wait_until
+from .socketpairs import live_stream, read_exactly
 
 INSTANCE = "py_edges"
 
@@ -275,3 +280,185 @@ async def test_closing_a_relay_whose_session_swallows_the_cancel_still_ends_it_p
     assert supervisor is not None and supervisor.done()
     assert not bus.connected
     await wait_until(lambda: redis_server.subscribers(wire.TOKEN_REVOKED_CHANNEL) == 0, what="connection closed")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_gap_repair_reaches_a_listener_that_went_live_without_an_id(redis_server, expect_log):  # noqa: F811
+    # Found by the soak (bench/soak.py): a stream that went live on a snapshot without an id
+    # (read while Redis could not answer) has no position; when the relay then reconnected,
+    # gap repair skipped the run if no listener had an id, and what was published meanwhile
+    # never reached the stream. It now repairs from the newest id delivered on this instance.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=4.0, retry_max_s=4.0)  # reconnects 2-4 s later
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    first, first_client = live_stream(hub)
+    second_client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        assert await bus.wait_subscribed("RUN-1", 5.0)
+        publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+        before, _ = publisher.publish("RUN-1", "llm_token", {"token": "before"})
+        expected_first = sse.data_frame(b'{"type":"llm_token","token":"before"}', before)
+        assert await read_exactly(first_client, len(expected_first)) == expected_first
+        second, second_client = live_stream(hub)  # no id: as if its snapshot had none
+        first.close("client_gone")
+        with redis_server.client() as admin:
+            admin.client_kill_filter(_type="pubsub")  # the relay's session ends; it waits 2-4 s
+        await wait_until(lambda: not bus.connected, what="the relay sees its subscriber gone")
+        during, _ = publisher.publish("RUN-1", "llm_token", {"token": "while the relay was away"})
+        publisher.close()
+        assert await bus.wait_connected(10.0)
+        expected = sse.data_frame(b'{"type":"llm_token","token":"while the relay was away"}', during)
+        assert await read_exactly(second_client, len(expected)) == expected
+        second.close("done")
+    finally:
+        await bus.close()
+        first_client.close()
+        if second_client is not None:
+            second_client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_script_redis_refuses_goes_back_alone_and_the_ones_it_ran_are_not_published_again(
+        redis_server, expect_log):  # noqa: F811
+    # Found by the soak: a Redis loading its append-only file after a restart refused some
+    # scripts of a pipelined batch and ran the rest; the whole batch went back to the outbox,
+    # so the events it had run were in history, and on every other instance, twice.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(ResponseError: WRONGTYPE")
+    with redis_server.client() as admin:
+        admin.set("sentri:events:RUN-BAD", "not a stream")  # its script fails: WRONGTYPE
+    bus = RedisBus(redis_server.url, INSTANCE, retry_max_s=0.2)
+    Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    try:
+        assert await bus.wait_connected(5.0)
+        ran = bus.publish_event("RUN-1", b'{"type":"llm_token","token":"ran"}', False)
+        refused = bus.publish_event("RUN-BAD", b'{"type":"llm_token","token":"refused"}', False)
+        ran_id = await asyncio.wait_for(ran, 10)
+        assert ran_id is not None
+        assert await asyncio.wait_for(refused, 10) is None  # delivered here at once, waiting in the outbox
+        await wait_until(lambda: bus.connects >= 2, what="the relay reconnects after the refusal")
+        with redis_server.client() as admin:
+            admin.delete("sentri:events:RUN-BAD")
+            await wait_until(lambda: admin.xlen("sentri:events:RUN-BAD") == 1, what="the refused one published")
+            assert [entry_id.decode() for entry_id, _ in admin.xrange("sentri:events:RUN-1")] == [ran_id]
+    finally:
+        await bus.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_that_registers_after_an_outage_event_was_delivered_here_gets_it_once_published(
+        redis_server, expect_log):  # noqa: F811
+    # Found by the soak: an event published while Redis was away reaches this instance's
+    # streams at once, without an id; its echo is dropped when the outbox publishes it. A
+    # stream that registered in between had neither. Stored events (a log) are in its snapshot.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=4.0, retry_max_s=4.0)  # reconnects 2-4 s later
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    early, early_client = live_stream(hub)
+    late_client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        assert await bus.wait_subscribed("RUN-1", 5.0)
+        with redis_server.client() as admin:
+            admin.client_kill_filter(_type="pubsub")
+        await wait_until(lambda: not bus.connected, what="the relay sees its subscriber gone")
+        token = b'{"type":"llm_token","token":"in the outage"}'
+        log = b'{"type":"log","message":"[2026-01-01T00:00:01.000Z] stored in the outage"}'
+        assert await bus.publish_event("RUN-1", token, False) is None
+        assert await bus.publish_event("RUN-1", log, False) is None
+        assert await read_exactly(early_client, len(sse.data_frame(token) + sse.data_frame(log))) == (
+            sse.data_frame(token) + sse.data_frame(log))
+        late, late_client = live_stream(hub)  # live on a snapshot: it holds the stored log
+        replayed = hub.reserve("RUN-1")  # live on a replay read before the outbox was published
+        assert replayed is not None
+        replayed_end, replayed_client = socket.socketpair()
+        replayed_end.setblocking(False)
+        replayed.attach_socket(replayed_end, False)
+        hub.open(replayed, b"", replayed_through="1-1")
+        assert await bus.wait_connected(10.0)
+        with redis_server.client() as admin:
+            await wait_until(lambda: admin.xlen("sentri:events:RUN-1") == 2, what="the outbox published")
+            (token_id, _), (log_id, _) = admin.xrange("sentri:events:RUN-1")
+        expected = sse.data_frame(token, token_id.decode())
+        assert await read_exactly(late_client, len(expected)) == expected
+        expected_replayed = expected + sse.data_frame(log, log_id.decode())
+        assert await read_exactly(replayed_client, len(expected_replayed)) == expected_replayed
+        replayed.close("done")
+        replayed_client.close()
+        late.send(Frame(b": end\n\n"))
+        assert await read_exactly(late_client, 7) == b": end\n\n"  # nothing else came before it
+        early.send(Frame(b": end\n\n"))
+        assert await read_exactly(early_client, 7) == b": end\n\n"  # the early one: nothing again
+        late.close("done")
+    finally:
+        await bus.close()
+        early_client.close()
+        if late_client is not None:
+            late_client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_gap_repair_reaches_a_listener_without_an_id_on_a_run_nothing_was_delivered_for_here(
+        redis_server, expect_log):  # noqa: F811
+    # Found by the soak: such a stream (its snapshot read while Redis was away, on an instance
+    # where its run had no other listener) missed a done published meanwhile and outlived its
+    # run until its age bound. Repair starts shortly before it registered (Redis ids are times).
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=4.0, retry_max_s=4.0)  # reconnects 2-4 s later
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    stream, client = live_stream(hub)  # no id: as if its snapshot had none
+    try:
+        assert await bus.wait_connected(5.0)
+        assert await bus.wait_subscribed("RUN-1", 5.0)
+        with redis_server.client() as admin:
+            admin.client_kill_filter(_type="pubsub")
+        await wait_until(lambda: not bus.connected, what="the relay sees its subscriber gone")
+        done_id, _ = publisher.publish("RUN-1", "done", {"status": "completed"})
+        assert await bus.wait_connected(10.0)
+        expected = sse.data_frame(b'{"type":"done","status":"completed"}', done_id)
+        assert await read_exactly(client, len(expected) + 1) == expected  # then the end: the done ended it
+        assert stream.closed
+    finally:
+        publisher.close()
+        await bus.close()
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_that_stopped_waiting_for_its_channel_is_caught_up_once_redis_confirms_it(
+        redis_server):  # noqa: F811
+    # Found by the soak: under load (a connect storm, a paused Redis) the wait for the run's
+    # channel timed out and the stream went on; what was published after its history read and
+    # before Redis took the SUBSCRIBE reached it neither live nor by any repair.
+    bus = RedisBus(redis_server.url, INSTANCE)
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        read_through, _ = publisher.publish("RUN-1", "llm_token", {"token": "its history read ends here"})
+        missed, _ = publisher.publish("RUN-1", "llm_token", {"token": "before its channel was confirmed"})
+        stream = hub.reserve("RUN-1")
+        assert stream is not None
+        assert await bus.wait_subscribed("RUN-1", 0.0) is False  # it did not wait
+        server_end, client = socket.socketpair()
+        server_end.setblocking(False)
+        stream.attach_socket(server_end, False)
+        hub.open(stream, b"", snapshot_id=read_through)
+        expected = sse.data_frame(b'{"type":"llm_token","token":"before its channel was confirmed"}', missed)
+        assert await read_exactly(client, len(expected)) == expected
+        after, _ = publisher.publish("RUN-1", "llm_token", {"token": "live"})
+        expected = sse.data_frame(b'{"type":"llm_token","token":"live"}', after)
+        assert await read_exactly(client, len(expected)) == expected
+        stream.close("done")
+    finally:
+        publisher.close()
+        await bus.close()
+        if client is not None:
+            client.close()

@@ -28,6 +28,12 @@ class Deliveries(Protocol):
     def close_where(self, predicate: Callable[[EventStream], bool], reason: str) -> int:
         """End every local stream matching ``predicate``; returns how many."""
 
+    def deliver_to_joined_after(self, run_id: str, frame: Frame, since: float, stored: bool = False) -> int:
+        """``deliver`` to the run's streams registered after ``since`` (``time.monotonic()``) only."""
+
+    def newest_id(self, run_id: str) -> Optional[str]:
+        """The newest event id delivered to the run's local streams (None: none, or no stream)."""
+
 
 class Bus:
     """The interface; also the in-process implementation, where every method has nothing to do."""

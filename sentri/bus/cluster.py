@@ -255,6 +255,7 @@ class ClusterSession:
         while True:
             await ready.wait()
             ready.clear()
+            await bus._repair_late(self._read_streams)  # channels Redis confirmed late
             while bus._outbox:
                 batch = [bus._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(bus._outbox)))]
                 bus._outbox_bytes -= sum(len(item.data) for item in batch)
@@ -282,7 +283,10 @@ class ClusterSession:
                     answered.add(position)
                     item = batch[position]
                     bus.published += 1
-                    item.resolve(None if item.raw else script_result(result)[0])
+                    event_id = None if item.raw else script_result(result)[0]
+                    item.resolve(event_id)
+                    if item.delivered_here:  # an outage event: to the streams that came meanwhile
+                        bus._deliver_to_late_joiners(item, event_id)
                 if failure is not None:
                     raise ClusterChangedError(f"{node} refused a publish ({str(failure)[:100]})") \
                         if is_stale_map_error(failure) else failure

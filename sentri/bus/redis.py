@@ -73,10 +73,17 @@ class RelayTimeoutError(Exception):
     """Redis stopped answering the subscriber connection's PINGs."""
 
 
+# Gap repair for listeners without an id and nothing delivered here: from this long before the
+# first of them registered (clocks of Redis and this host may differ by that much).
+POSITIONLESS_MARGIN_S = 2.0
+# Events a publisher stores before it publishes them (sentri.event_intake): in every snapshot read after.
+DURABLE_PREFIXES = (b'{"type":"log"', b'{"type":"done"', b'{"type":"agent_event"')
+
+
 class _Outgoing:
     """One message waiting for Redis: an event for the publish script, or a raw message."""
 
-    __slots__ = ("run_id", "data", "ends_stream", "delivered_here", "future", "raw")
+    __slots__ = ("run_id", "data", "ends_stream", "delivered_here", "delivered_at", "future", "raw")
 
     def __init__(self, run_id: str, data: bytes, ends_stream: bool = False, delivered_here: bool = False,
                  future: Optional[asyncio.Future[Optional[str]]] = None, raw: bool = False) -> None:
@@ -84,6 +91,7 @@ class _Outgoing:
         self.data = data  # the event's JSON, or the whole message when ``raw``
         self.ends_stream = ends_stream
         self.delivered_here = delivered_here
+        self.delivered_at = time.monotonic()  # when delivered here (meaningful when delivered_here)
         self.future = future
         self.raw = raw
 
@@ -159,6 +167,10 @@ class RedisBus(Bus):
         # the reply to the last command sent for it, not by an older one still in flight.
         self._replies_due: Dict[str, int] = {}
         self._waiters: Dict[str, List[asyncio.Future[bool]]] = {}
+        # Runs a stream went on without waiting for Redis to confirm their channel (the wait
+        # timed out): once confirmed, they are caught up from history like after a reconnect.
+        self._unconfirmed: Set[str] = set()
+        self._late_repairs: Set[str] = set()
         self._subscriptions_changed: Optional[asyncio.Event] = None
         # Outgoing messages, bounded in bytes: a slow Redis makes them wait, never the loop.
         self._outbox: Deque[_Outgoing] = collections.deque()
@@ -247,6 +259,9 @@ class RedisBus(Bus):
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except asyncio.TimeoutError:
+            # The caller goes on: what is published before Redis gets to the SUBSCRIBE would
+            # reach it neither live nor by a reconnect's repair (found by the soak).
+            self._unconfirmed.add(run_id)
             return False
         finally:
             waiters = self._waiters.get(channel)
@@ -381,6 +396,8 @@ class RedisBus(Bus):
             # From now on, live frames for runs with listeners wait until their gap is repaired.
             self._deliver_arrived()
             self._catching_up = {run_id: [] for run_id in (self._hub.runs if self._hub is not None else ())}
+            self._unconfirmed.clear()  # the reconnect's repair covers every run with listeners
+            self._late_repairs.clear()
             await asyncio.wait_for(pubsub.subscribe(wire.TOKEN_REVOKED_CHANNEL), CONNECT_TIMEOUT_S)
             self._last_heard = time.monotonic()
             tasks = [
@@ -466,6 +483,7 @@ class RedisBus(Bus):
         while True:
             await ready.wait()
             ready.clear()
+            await self._repair_late(read_streams)
             while self._outbox:
                 batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
                 self._outbox_bytes -= sum(len(item.data) for item in batch)
@@ -479,13 +497,24 @@ class RedisBus(Bus):
                                 keys, args = self._publish_call(item.run_id, item.data, item.ends_stream,
                                                                 item.delivered_here)
                                 await script(keys=keys, args=args, client=pipe)
-                        results = await pipe.execute()
+                        # Errors as values: a script Redis refused (LOADING after a restart,
+                        # WRONGTYPE) must not send back the ones it ran, which would be in
+                        # history twice (found by the soak, bench/soak.py).
+                        results = await pipe.execute(raise_on_error=False)
                 except BaseException:
                     self._put_back(batch)
                     raise
-                self.published += len(batch)
+                refused = [item for item, result in zip(batch, results) if isinstance(result, Exception)]
+                self.published += len(batch) - len(refused)
                 for item, result in zip(batch, results):
-                    item.resolve(None if item.raw else script_result(result)[0])
+                    if not isinstance(result, Exception):
+                        event_id = None if item.raw else script_result(result)[0]
+                        item.resolve(event_id)
+                        if item.delivered_here:
+                            self._deliver_to_late_joiners(item, event_id)
+                if refused:
+                    self._put_back(refused)
+                    raise next(result for result in results if isinstance(result, Exception))
 
     def _put_back(self, batch: List[_Outgoing]) -> None:
         """A batch Redis may not have run: its events go back first in line, delivered here now."""
@@ -502,8 +531,21 @@ class RedisBus(Bus):
     def _mark_delivered_here(self, item: _Outgoing) -> None:
         if not item.delivered_here:
             item.delivered_here = True
+            item.delivered_at = time.monotonic()
             item.resolve(None)
             self._deliver_here(item.run_id, item.data, item.ends_stream)
+
+    def _deliver_to_late_joiners(self, item: _Outgoing, event_id: Optional[str]) -> None:
+        """An outage event published at last: streams that registered here after it was delivered
+        here (without an id) never had it, and its echo is dropped, so they get it now, with its
+        id (found by the soak, bench/soak.py). A stored one (a log, a done, an agent event) not
+        to those live on a snapshot: read after it was stored, their snapshot holds it."""
+        if event_id is None or self._hub is None:
+            return
+        self._deliver_arrived()
+        self._hub.deliver_to_joined_after(item.run_id, Frame(sse.data_frame(item.data, event_id), event_id=event_id,
+                                                             ends_stream=item.ends_stream),
+                                          item.delivered_at, stored=item.data.startswith(DURABLE_PREFIXES))
 
     async def _catch_up(self, read_streams: Callable[[List[Tuple[str, str]]], Awaitable[List[Any]]]) -> None:
         """Gap repair after a (re)connect: each run with listeners gets, from its stream, what
@@ -513,14 +555,38 @@ class RedisBus(Bus):
         runs = list(self._catching_up)
         # Subscribed first, read second: nothing published in between is missed.
         await asyncio.gather(*(self.wait_subscribed(run_id, CONNECT_TIMEOUT_S) for run_id in runs))
+        await self._repair_from_history(runs, read_streams)
+        if self._catching_up:  # runs that got listeners meanwhile had none before: nothing to repair
+            self._release_held()
+
+    def _schedule_late_repair(self, run_id: Optional[str]) -> None:
+        """A run's channel confirmed after a stream stopped waiting for it: hold its live frames
+        and have the sender catch it up from history (``_repair_late``)."""
+        if run_id is None or run_id not in self._unconfirmed:
+            return
+        self._unconfirmed.discard(run_id)
+        self._deliver_arrived()
+        self._catching_up.setdefault(run_id, [])
+        self._late_repairs.add(run_id)
+        if self._outbox_ready is not None:
+            self._outbox_ready.set()
+
+    async def _repair_late(self, read_streams: Callable[[List[Tuple[str, str]]], Awaitable[List[Any]]]) -> None:
+        """Gap repair for runs whose channel Redis confirmed late (on the sender's connections)."""
+        runs, self._late_repairs = sorted(self._late_repairs), set()
+        for run_id in runs:
+            self._catching_up.setdefault(run_id, [])  # a reconnect's repair may have released it
+        await self._repair_from_history(runs, read_streams)
+
+    async def _repair_from_history(self, runs: List[str],
+                                   read_streams: Callable[[List[Tuple[str, str]]], Awaitable[List[Any]]]) -> None:
+        """Each run caught up from its stream, after the oldest id its listeners have; the
+        reads go through ``read_streams`` (one Redis, or each run's master on a cluster)."""
         for batch in _batches(runs, PUBLISH_BATCH):
             starts = [(run_id, self._oldest_known_id(run_id)) for run_id in batch]
             answers = iter(await read_streams([(run_id, start) for run_id, start in starts if start is not None]))
             for run_id, start in starts:
-                rows = next(answers) if start is not None else []
-                self._repair(run_id, rows)
-        if self._catching_up:  # runs that got listeners meanwhile had none before: nothing to repair
-            self._release_held()
+                self._repair(run_id, next(answers) if start is not None else [])
 
     def _repair(self, run_id: str, rows: Any) -> None:
         self._deliver_arrived()
@@ -540,8 +606,20 @@ class RedisBus(Bus):
             self._hub.deliver(run_id, frame)
 
     def _oldest_known_id(self, run_id: str) -> Optional[str]:
-        known = [(key, stream.last_event_id) for stream in (self._hub.runs.get(run_id, ()) if self._hub else ())
+        streams = self._hub.runs.get(run_id, ()) if self._hub else ()
+        known = [(key, stream.last_event_id) for stream in streams
                  if stream.last_event_id and (key := id_key(stream.last_event_id)) is not None]
+        positionless = [stream for stream in streams if not stream.last_event_id]
+        if positionless and self._hub is not None:
+            # A listener without an id (it went live on a snapshot read while history was
+            # unreadable) has at least what was delivered here before: repair from there; with
+            # nothing delivered here yet, from shortly before it registered (Redis ids start with
+            # Redis's clock in ms): a done published meanwhile must still end it.
+            newest = self._hub.newest_id(run_id)
+            if newest is None:
+                registered_s = time.time() - (time.monotonic() - min(stream.opened_at for stream in positionless))
+                newest = f"{int((registered_s - POSITIONLESS_MARGIN_S) * 1000)}-0"
+            known.append((id_key(newest), newest))  # type: ignore[arg-type]
         return min(known)[1] if known else None
 
     def _release_held(self) -> None:
@@ -585,6 +663,7 @@ class RedisBus(Bus):
                 self._confirmed.add(channel)
                 for future in self._waiters.pop(channel, []):
                     future.set_result(True)  # never done before: only this and a disconnect resolve it
+                self._schedule_late_repair(wire.run_id_of(channel))
 
     def _expect_replies(self, channels: List[str]) -> None:
         for channel in channels:
