@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
 NGINX = os.environ.get("SENTRI_TEST_NGINX", "nginx")
 
+PORT_ATTEMPTS = 5  # a port chosen free, then taken before the child bound it: try another
+
 _INSTANCES = re.compile(r"(    # BEGIN instances[^\n]*\n)(.*?)(    # END instances\n)", re.S)
 
 
@@ -54,15 +56,19 @@ class Nginx:
 
     def __init__(self, folder: str, upstream_ports: List[int], log_dir: str, shutdown_timeout: str = "1s") -> None:
         self.folder = folder
-        self.port = free_port()
+        self.upstream_ports = upstream_ports
         self.log_dir = log_dir
         self.conf = os.path.join(folder, "nginx.conf")
-        site_path = os.path.join(folder, "sentri.conf")
-        with open(site_path, "w", encoding="utf-8") as handle:
-            handle.write(render_site(self.port, upstream_ports, log_dir))
+        self.site_path = os.path.join(folder, "sentri.conf")
+        self._listen_on(free_port())
         with open(self.conf, "w", encoding="utf-8") as handle:
-            handle.write(render_main(folder, site_path, log_dir, shutdown_timeout))
+            handle.write(render_main(folder, self.site_path, log_dir, shutdown_timeout))
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+
+    def _listen_on(self, port: int) -> None:
+        self.port = port
+        with open(self.site_path, "w", encoding="utf-8") as handle:
+            handle.write(render_site(port, self.upstream_ports, self.log_dir))
 
     def command(self, *extra: str) -> List[str]:
         return [NGINX, "-p", self.folder, "-c", self.conf, *extra]
@@ -71,10 +77,17 @@ class Nginx:
         return subprocess.run(self.command("-t"), capture_output=True, text=True)
 
     def start(self) -> Nginx:
-        with open(os.path.join(self.log_dir, f"nginx-{self.port}.stderr"), "ab") as stderr:
-            self.process = subprocess.Popen(self.command("-g", "daemon off;"), stderr=stderr)
-        wait_for_port(self.port, process=self.process)
-        return self
+        for attempt in range(PORT_ATTEMPTS):
+            with open(os.path.join(self.log_dir, f"nginx-{self.port}.stderr"), "ab") as stderr:
+                self.process = subprocess.Popen(self.command("-g", "daemon off;"), stderr=stderr)
+            try:
+                wait_for_port(self.port, process=self.process)
+                return self
+            except RuntimeError:  # exited at once: its port was taken since free_port chose it
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                self._listen_on(free_port())
+        return self  # pragma: no cover - the loop returns or raises
 
     def reload(self) -> None:
         subprocess.run(self.command("-s", "reload"), check=True, capture_output=True)
@@ -95,11 +108,22 @@ class Instance:
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     def start(self, timeout_s: float = 10.0) -> Instance:
-        with open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve"], env=self.env,
-                                            stderr=stderr, stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, timeout_s=timeout_s, process=self.process)
-        return self
+        # A first start may move to another port (free_port's choice can be taken meanwhile, by
+        # the other test env CI runs beside this one); a restart keeps its port: nginx knows it.
+        attempts = PORT_ATTEMPTS if self.process is None else 1
+        for attempt in range(attempts):
+            with open(self.stderr_path, "ab") as stderr:
+                self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve"], env=self.env,
+                                                stderr=stderr, stdout=subprocess.DEVNULL)
+            try:
+                wait_for_port(self.port, timeout_s=timeout_s, process=self.process)
+                return self
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.env["PORT"] = str(self.port)
+        return self  # pragma: no cover - the loop returns or raises
 
     def log_lines(self) -> List[str]:
         with open(self.stderr_path, encoding="utf-8") as handle:
