@@ -20,7 +20,7 @@ import redis
 
 from sentri.redis_slots import key_slot
 
-from .services import free_port, wait_for_port
+from .services import Pausable, free_port, wait_for_port
 
 NODE_TIMEOUT_MS = 1000  # how long a silent master is given before its replica takes over
 SETTLE_TIMEOUT_S = 30.0
@@ -42,7 +42,7 @@ def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = SETTLE_
     raise TimeoutError(f"{what} not reached after {timeout_s}s (last error: {last_error!r})")
 
 
-class ClusterNode:
+class ClusterNode(Pausable):  # paused: it stops answering (a replica cannot take over)
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.port = free_port()
@@ -107,15 +107,6 @@ class ClusterNode:
 
     def role(self) -> str:
         return str(self.command("ROLE")[0].decode())
-
-    def pause(self) -> None:
-        """SIGSTOP: a node that stops answering (and, a replica, cannot take over) until ``resume``."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.alive:

@@ -20,19 +20,11 @@ import redis.client
 
 from .conftest import ARTIFACT_SECRET, JWT_SECRET
 from .frames import open_live
-from .services import RedisServer, stop_process
+from .services import Pausable, RedisServer, stop_process
 
 
-class RelayRedis(RedisServer):
+class RelayRedis(RedisServer, Pausable):
     """``RedisServer`` plus what relay tests do to it: pause (a Redis that stops answering)."""
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

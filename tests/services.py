@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -58,6 +59,21 @@ async def wait_until(condition, timeout_s: float = 10.0, what: str = "condition"
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached after {timeout_s}s")
         await asyncio.sleep(0.02)
+
+
+class Pausable:
+    """A child process a test can freeze (SIGSTOP: it stops answering, its sockets stay open)
+    and thaw again: a server that hangs rather than dies."""
+
+    process: Optional[subprocess.Popen]  # type: ignore[type-arg]
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
 
 class RedisServer:
