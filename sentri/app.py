@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from typing import Any, List, Optional, Tuple
@@ -114,6 +115,8 @@ async def start(context: Context) -> None:
     """Start the timers and the relay; call on the IOLoop that will serve."""
     context.hub.start()
     await context.bus.start()
+    # Bounded by their own timeouts, and never failing: Redis may be away at start.
+    await asyncio.gather(context.revocations.warm_up(), context.hub.history.warm_up())
 
 
 async def stop(context: Context) -> None:

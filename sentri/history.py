@@ -94,6 +94,10 @@ class History:
         (unknown, malformed, trimmed away, another run's): the client needs a snapshot."""
         return None
 
+    async def warm_up(self) -> None:
+        """Make what the first read needs ready (called at start-up; the Redis history asks
+        whether it is on a cluster)."""
+
     async def close(self) -> None:
         """Release connections (the Redis history has some)."""
 

@@ -175,8 +175,12 @@ class RedisHistory(History):
 
         # One Redis, or on a cluster the master of each run's slot (sentri.redis_router).
         self._router = RedisRouter(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._timeout_s = timeout_s
         # Entries nested deeper than any publisher of this project writes are not replayed.
         self.too_deep = jsontext.DeepInputLog(log, "a history entry from redis")
+
+    async def warm_up(self) -> None:
+        await self._router.learn(self._timeout_s)
 
     async def _key(self, run_id: str) -> str:
         await self._router.client_for(wire.run_channel(run_id))  # learns whether it is a cluster

@@ -12,6 +12,7 @@ used exactly as before: one client on the URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar
 
 import redis
@@ -81,6 +82,13 @@ class RedisRouter:
         finally:
             if self._probing is probing and probing.done():
                 self._probing = None
+
+    async def learn(self, timeout_s: float) -> None:
+        """Ask now whether it is a cluster (and its slot map), within ``timeout_s``; errors are
+        left for the first command, which asks again. Called at start-up so that the first
+        commands of a reconnect storm do not also pay for the probe."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._ensure_known(), timeout_s)
 
     async def client_for(self, name: str) -> Any:
         await self._ensure_known()

@@ -12,12 +12,14 @@ import jwt
 import pytest
 
 from sentri.bus import Bus
+from sentri.redis_history import RedisHistory
 from sentri.revocation import NOT_REVOKED_MAX_AGE_S, RedisRevocations, make_revocations
 from sentri.stream import CloseReason
 
 from .conftest import JWT_SECRET, token_for
 from .hubwatch import HubWatch
 from .redis_server import private_redis, redis_server  # noqa: F401 (fixture)
+from .services import free_port
 from .sseclient import open_request
 from .test_relay import without_id
 
@@ -210,3 +212,27 @@ async def test_connects_with_one_token_at_once_ask_redis_once(own_redis):
         assert await revocations.is_revoked("jti-1") is True
     finally:
         await revocations.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_warming_up_at_start_learns_what_redis_is_before_the_first_check_and_never_fails(
+        redis_server):  # noqa: F811
+    # Asked by the first connects of a storm instead, the probe and the EXISTS did not fit in
+    # the check's 0.5 s: the first checks of a 5,000-connect burst failed open (bench).
+    warmed = RedisRevocations(redis_server.url)
+    away = RedisRevocations(f"redis://127.0.0.1:{free_port()}", timeout_s=0.2)  # nothing listens there
+    try:
+        assert warmed._redis().is_cluster is None
+        await warmed.warm_up()
+        assert warmed._redis().is_cluster is False  # one Redis: the first check goes straight to EXISTS
+        history = RedisHistory(redis_server.url)  # the resume path's first read, likewise
+        await history.warm_up()
+        assert history._router.is_cluster is False
+        await history.close()
+        started = time.monotonic()
+        await away.warm_up()  # Redis away at start: no error, nothing learnt, asked again on first use
+        assert away._redis().is_cluster is None
+        assert time.monotonic() - started < 5.0
+    finally:
+        await warmed.close()
+        await away.close()
