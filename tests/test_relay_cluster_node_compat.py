@@ -16,7 +16,7 @@ from .frames import open_live
 from .redis_cluster import redis_cluster  # noqa: F401 (fixture)
 from .redis_server import RELAY_CONNECTED, second_instance
 from .services import wait_until
-from .test_relay_cluster import CHANNEL, NODE_FRAME, NODE_MESSAGE, split_frame
+from .test_relay_cluster import CHANNEL, NODE_FRAME, NODE_MESSAGE, fresh_run, split_frame  # noqa: F401 (fixture)
 
 LOG_FRAME = b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] from python"}\n\n'
 DONE_FRAME = b'data: {"type":"done","status":"completed","passed":3,"failed":0,"total":3}\n\n'
@@ -63,15 +63,17 @@ async def test_node_and_python_events_cross_both_ways_and_each_client_gets_each_
     # Node publishes: its classic message reaches both instances' clients, byte for byte, without an id.
     # (a cluster counts only the receiving node's own subscribers: Node itself; A and B listen elsewhere)
     assert redis_cluster.nodes[5].command("PUBLISH", CHANNEL, NODE_MESSAGE) == 1
-    context.hub.emit("RUN-1", "done", {"status": "completed", "passed": 3, "failed": 0, "total": 3})
     for response in (on_a, on_b):
         assert await response.next_frame(10.0) == NODE_FRAME
+    # Only now the done: Node's classic message and this project's sharded ones take different
+    # paths through the cluster, so nothing orders one before the other.
+    context.hub.emit("RUN-1", "done", {"status": "completed", "passed": 3, "failed": 0, "total": 3})
+    for response in (on_a, on_b):
         assert split_frame(await response.next_frame(10.0))[1] == DONE_FRAME
         assert await response.server_closed()  # nothing twice: the classic copies of ours were dropped
     node_instance.close()
     with redis_cluster.master_of(CHANNEL).client() as client:
         assert client.xlen(cluster_keys("RUN-1").stream) == 2  # Node's event has no id and no history
-        client.delete(cluster_keys("RUN-1").stream)
 
 
 def test_workers_and_sentri_emit_also_publish_classic_with_the_setting_and_only_sharded_without(
@@ -100,4 +102,3 @@ def test_workers_and_sentri_emit_also_publish_classic_with_the_setting_and_only_
     node_instance.close()
     with redis_cluster.master_of(CHANNEL).client() as client:
         assert client.xlen(cluster_keys("RUN-1").stream) == 3  # all three kept, with ids
-        client.delete(cluster_keys("RUN-1").stream)
