@@ -36,6 +36,12 @@ def is_stale_map_error(error: BaseException) -> bool:
     return False
 
 
+def probe_order(seeds: List[str], slot_map: Optional[SlotMap]) -> List[str]:
+    """Whom to ask for the slot map, in turn: the seeds, then every node the last map named."""
+    known = slot_map.nodes if slot_map is not None else []
+    return seeds + [node_url(seeds[0], node.host, node.port) for node in known]
+
+
 class RedisRouter:
     """Async: ``await router.call(key, lambda client: client.exists(key))``."""
 
@@ -57,8 +63,7 @@ class RedisRouter:
 
     async def _learn(self) -> None:
         last_error: Optional[BaseException] = None
-        known = self.slot_map.nodes if self.slot_map is not None else []
-        for url in self.seeds + [node_url(self.seeds[0], node.host, node.port) for node in known]:
+        for url in probe_order(self.seeds, self.slot_map):
             try:
                 found = await probe(url, self._timeout_s)
             except Exception as error:  # that node is away: ask the next
@@ -141,8 +146,7 @@ class SyncRedisRouter:
         if self.is_cluster is not None:
             return
         last_error: Optional[BaseException] = None
-        known = self.slot_map.nodes if self.slot_map is not None else []
-        for url in self.seeds + [node_url(self.seeds[0], node.host, node.port) for node in known]:
+        for url in probe_order(self.seeds, self.slot_map):
             try:
                 found = probe_sync(url, self._timeout_s)
             except Exception as error:  # that node is away: ask the next
