@@ -10,7 +10,8 @@ seconds: ``--streams`` clients (``soak_clients.py``), producers (``soak_producer
 and ``soak_check.py`` reads the histories and prints the verdict (exit status 0: clean).
 
     python bench/soak.py --duration 600 --streams 2000 --rate 500 --fault-every 20 --seed 1
-    python bench/soak.py --duration 60 --streams 150 --rate 60 --fault-every 8 --seed 7   # CI's short run
+    python bench/soak.py --duration 60 --streams 120 --rate 40 --fault-every 4 --warmup 8 --seed 14 \
+        --client-processes 1 --rss-target 0                     # CI's minute (tests/test_soak.py)
 
 See bench/README.md ("The soak") for what is checked and how to replay a seed.
 """
