@@ -49,11 +49,15 @@ DOCUMENTED_503 = ('"database unavailable"', '"server is shutting down"', '"too m
                   '"stream closed before it opened"')
 # nginx's answer for a request held by an instance that died (SIGKILL): docs/publish.md §3 "Retrying".
 NGINX_502 = "<title>502 Bad Gateway</title>"
+# A publish still in its database turn when its instance exited (docs/publish.md §3): may be stored.
+INTERRUPTED_504 = '"server stopped before the publish finished'
 
 
 def documented_5xx(status: int, body: str) -> bool:
     if status == 503:
         return any(text in body for text in DOCUMENTED_503)
+    if status == 504:
+        return INTERRUPTED_504 in body
     return status == 502 and NGINX_502 in body
 LOG_TAG = re.compile(r"soak:([0-9]+\.[0-9a-z]+)")
 VIOLATIONS_KEPT_PER_KIND = 10

@@ -15,6 +15,7 @@ a byte of the body is read), body size as read (413), JSON (400), nesting at mos
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,7 +25,7 @@ from tornado.routing import Matcher, PathMatches
 
 from sentri import jsontext
 from sentri.event_intake import InvalidEventError, PreparedEvent, prepare
-from sentri.group_commit import RunNotFoundError
+from sentri.group_commit import RunNotFoundError, ShuttingDownError
 
 from .base import ApiError, JsonHandler
 
@@ -35,6 +36,10 @@ NOT_JSON = {"error": "body is not valid JSON"}
 NOT_AN_OBJECT = {"error": "body must be a JSON object"}
 TOO_DEEP = {"error": f"body must not nest arrays and objects more than {jsontext.MAX_DEPTH} levels deep"}
 DATABASE_UNAVAILABLE = {"error": "database unavailable", "retryAfter": 1}
+SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
+# The process exits with this publish still unfinished (Publisher.close's bound passed): it may
+# or may not have been stored, so it is not a 503 (which promises nothing was).
+INTERRUPTED = {"error": "server stopped before the publish finished: it may have been stored", "retryAfter": 1}
 RUN_NOT_FOUND = {"error": "run not found"}
 NOT_AN_EVENT = {"error": "an event must be a JSON object"}
 EMPTY_BATCH = {"error": "a batch needs at least one event"}
@@ -139,6 +144,13 @@ class PublishEventHandler(JsonHandler):
             raise
         except RunNotFoundError:
             raise ApiError(404, RUN_NOT_FOUND) from None
+        except ShuttingDownError:
+            raise ApiError(503, SHUTTING_DOWN) from None
+        except asyncio.CancelledError:
+            # Answered here: Tornado answers its own cancelled request with a bare 500.
+            self.set_header("Retry-After", "1")
+            self.write_json(INTERRUPTED, status=504)
+            raise
         except Exception as error:  # the store refused the write: nothing was published; retry later
             self.set_header("Retry-After", "1")
             raise ApiError(503, DATABASE_UNAVAILABLE, f"publish failed: {type(error).__name__}") from None

@@ -133,9 +133,19 @@ async def run_server(context: Context, after_start: Optional[Callable[[int], Non
         # Stop accepting at once: nginx's next connect fails and it picks another instance.
         server.stop()
         await drain(context, context.settings.drain_window_s)
+        await settle_publishes(context)
     finally:
         server.stop()
         await stop(context)
+
+
+async def settle_publishes(context: Context) -> None:
+    """Let the publishes this instance holds finish before the process exits (docs/publish.md §3)."""
+    if context.publisher is None:
+        return
+    unfinished = await context.publisher.close(context.settings.shutdown_publish_wait_s)
+    if unfinished:
+        log.warning("exiting with publishes unfinished", extra={"fields": {"publishes": unfinished}})
 
 
 def serve(settings: Settings) -> int:

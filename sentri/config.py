@@ -135,6 +135,14 @@ SETTINGS: Tuple[Setting, ...] = (
         minimum=0,
     ),
     Setting(
+        "SENTRI_SHUTDOWN_PUBLISH_WAIT_S",
+        float,
+        5.0,
+        "After the drain, seconds the publishes already taken get to be stored and delivered; the ones "
+        "still queued then are refused (503, nothing stored).",
+        minimum=0,
+    ),
+    Setting(
         "SENTRI_MAX_STREAM_AGE_S",
         float,
         3600.0,

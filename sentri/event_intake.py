@@ -10,7 +10,9 @@ gives the event its id, delivers it and relays it.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .group_commit import GroupCommitter
@@ -19,6 +21,9 @@ from .jsontext import MAX_DEPTH, too_deep
 from .models import AGENT_EVENT_FRAME_FIELDS, AGENT_PHASES
 from .store import Store
 from .writes import LOG_LEVELS, Write, fits_integer_column, iso_now, log_message
+
+# How often a closing publisher looks whether its last publishes have finished.
+SETTLE_POLL_S = 0.02
 
 LOG = "log"
 AGENT_EVENT = "agent_event"
@@ -126,6 +131,8 @@ class Publisher:
         self.store = store
         self.hub = hub
         self.committer = GroupCommitter(store)
+        # Publishes between their first await and their last delivery (close() waits for them).
+        self.in_flight = 0
 
     async def publish(self, run_id: str, event_type: str, payload: Mapping[str, Any]) -> Optional[str]:
         """Publish one event (raises ``InvalidEventError``); returns its id."""
@@ -140,10 +147,31 @@ class Publisher:
         (checked in the same database turn as the writes).
         """
         writes = [write for write in (event.write(run_id) for event in events) if write is not None]
-        await self.committer.commit(writes, run_id if require_run else None)
-        if len(events) == 1:
-            return [await self.hub.publish(run_id, events[0].event_type, events[0].body)]
-        return await self.hub.publish_many(run_id, [(event.event_type, event.body) for event in events])
+        self.in_flight += 1
+        try:
+            await self.committer.commit(writes, run_id if require_run else None)
+            if len(events) == 1:
+                return [await self.hub.publish(run_id, events[0].event_type, events[0].body)]
+            return await self.hub.publish_many(run_id, [(event.event_type, event.body) for event in events])
+        finally:
+            self.in_flight -= 1
+
+    async def close(self, timeout_s: float) -> int:
+        """On shutdown: finish, within ``timeout_s``, the publishes already taken; refuse new ones.
+
+        Without it, the publishes still waiting on the database when the process exits would be
+        cancelled, and Tornado answers a cancelled request 500. Here the queued ones whose time
+        ran out get ``ShuttingDownError`` (nothing stored: a 503 their producers retry), and the
+        ones committed get their deliveries. Returns how many publishes are still unfinished.
+        """
+        deadline = time.monotonic() + timeout_s
+        await self.committer.close(timeout_s)
+        # One loop turn: the refused publishes answer (503) before the caller goes on to close the
+        # database, which can block the loop while a turn still waits on a lock.
+        await asyncio.sleep(0)
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
+        return self.in_flight
 
     async def log(self, run_id: str, text: str, level: str = "info") -> Optional[str]:
         return await self.publish(run_id, LOG, {"message": text, "level": level})

@@ -32,6 +32,10 @@ class RunNotFoundError(LookupError):
     """The run a group asked for does not exist (or is soft-deleted); nothing of it was written."""
 
 
+class ShuttingDownError(RuntimeError):
+    """The instance is stopping: no turn took this group, and none will; nothing of it was written."""
+
+
 class _Group(NamedTuple):
     writes: List[Write]
     future: asyncio.Future[List[Optional[int]]]
@@ -44,6 +48,7 @@ class GroupCommitter:
         self.max_writes = max_writes
         self._queue: List[_Group] = []
         self._turns: Optional[asyncio.Future[None]] = None
+        self._closing = False
         # Transactions committed and writes they carried (tests and metrics read them).
         self.transactions = 0
         self.writes = 0
@@ -55,11 +60,29 @@ class GroupCommitter:
         """
         if not writes and required_run is None:
             return []
+        if self._closing:
+            raise ShuttingDownError()
         future: asyncio.Future[List[Optional[int]]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Group(list(writes), future, required_run))
         if self._turns is None:
             self._turns = asyncio.ensure_future(self._run_turns())
         return await future
+
+    async def close(self, timeout_s: float) -> int:
+        """Take no more groups; give the queued ones ``timeout_s`` to be committed, then refuse the rest.
+
+        A turn already running is never cut (its transaction commits or fails as a whole); the
+        groups still queued when the time is up get ``ShuttingDownError``: nothing of them is
+        written, so their publishers may say so. Returns how many were refused.
+        """
+        self._closing = True
+        if self._turns is not None:
+            await asyncio.wait([self._turns], timeout=timeout_s)
+        refused, self._queue = self._queue, []
+        for group in refused:
+            if not group.future.done():
+                group.future.set_exception(ShuttingDownError())
+        return len(refused)
 
     async def _run_turns(self) -> None:
         try:

@@ -37,7 +37,8 @@ def test_the_systemd_unit_stops_later_than_the_drain_window_and_raises_the_fd_li
     assert service["KillSignal"] == "SIGTERM"
     assert int(service["LimitNOFILE"]) >= 65536
     drain_window = SETTINGS_BY_NAME["SENTRI_DRAIN_WINDOW_S"].default
-    assert int(service["TimeoutStopSec"]) > drain_window + 10
+    publish_wait = SETTINGS_BY_NAME["SENTRI_SHUTDOWN_PUBLISH_WAIT_S"].default
+    assert int(service["TimeoutStopSec"]) > drain_window + publish_wait + 10
 
 
 def test_the_nginx_config_as_rendered_for_tests_passes_nginx_t(tmp_path):
