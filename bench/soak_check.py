@@ -268,6 +268,7 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
                        default=None)
     frame_ids = sorted(events[tag][1] for tag in live if tag in events and events[tag][0] == "frame"
                        and events[tag][1] is not None)
+    done_answered = done[1] if done is not None else None
     for tag, (event_type, event_id, answered, _) in events.items():
         if event_id is not None:
             if cut_id is not None and event_id <= cut_id:
@@ -290,6 +291,12 @@ def check_subscription(subscription: Dict[str, Any], published: Published, verdi
             continue
         if outage_done and (event_id is None or newest is None or event_id > newest):
             counts["overtaken by a done delivered in a Redis outage (documented)"] += 1
+            continue
+        if event_id is None and finished and done_answered is not None and answered <= done_answered:
+            # Accepted into one instance's outbox (Redis away from it), and the run's done published
+            # through another instance that reached Redis first: the outbox reaches history after
+            # the done, which ends every stream (docs/relay.md §6, no order across instances).
+            counts["overtaken by a done while another instance's outbox held it (documented)"] += 1
             continue
         if any(_in_window(event_id, answered, window) for window in windows):
             counts["between a resume's id and its snapshot (documented)"] += 1

@@ -15,7 +15,7 @@ from typing import Any, List
 import pytest
 
 from sentri import connect_reads
-from sentri.connect_reads import MAX_AGE_S, VerifiedTokens
+from sentri.connect_reads import MAX_AGE_S, AgedAnswers, VerifiedTokens
 from sentri.event_intake import PreparedEvent, prepare
 from sentri.hub import Hub
 from sentri.models import Project, Run, WorkspaceMember
@@ -237,6 +237,21 @@ def test_remembered_tokens_are_bounded(world: Any) -> None:
     minted = [token_for(world.user, "WS-1") for _ in range(5)]
     assert all(tokens.verify(token) is not None for token in minted)
     assert len(tokens._verified) <= 3
+
+
+def test_expired_answers_are_forgotten_as_new_ones_come_not_kept_until_the_bound_on_entries() -> None:
+    # Found by the soak: a snapshot per run ever connected to stayed in memory, expired.
+    answers: AgedAnswers[bytes] = AgedAnswers(max_entries=100_000)
+    for run in range(1000):
+        answers.put(f"RUN-{run}", 10.0 + run / 1000, None, b"snapshot" * 100, now=9.0 + run / 1000)
+    assert len(answers) == 1000  # all still within their bound
+    answers.put("RUN-NEW", 12.5, None, b"snapshot", now=10.4995)
+    assert len(answers) == 501  # the 500 whose bound had passed are gone
+    answers.put("RUN-999", 13.0, None, b"again", now=11.5)  # asked again: moved to the end
+    answers.put("RUN-LAST", 13.5, None, b"snapshot", now=12.0)
+    assert len(answers) == 3
+    assert answers.get("RUN-999", now=12.0).value == b"again"
+    assert answers.get("RUN-NEW", now=12.0) is not None and answers.get("RUN-0", now=12.0) is None
 
 
 def test_a_runs_version_changes_with_every_event_and_is_none_without_listeners() -> None:
