@@ -180,7 +180,10 @@ class RedisCluster:
     def master_of(self, name: str) -> ClusterNode:
         """The master serving ``name``'s slot (a key or a sharded channel), as a live node sees it."""
         slot = key_slot(name)
-        return self.node_at(self._slot_owners(self.alive()[0])[slot])
+        owner = self._slot_owners(self.alive()[0]).get(slot)
+        if owner is None:  # mid-failover, that node's map has the slot in no range yet: ask again
+            raise redis.exceptions.ClusterDownError(f"slot {slot} has no master in this node's view")
+        return self.node_at(owner)
 
     def replica_of(self, master: ClusterNode) -> ClusterNode:
         master_id = master.node_id()

@@ -161,54 +161,61 @@ async def survive(fault: Callable[[RedisCluster], Any], port: int, context: Any,
                for name, response in (("a", on_a), ("b", on_b), ("resuming", resuming))}
     load = LoadPublisher(cluster)
     load.start()
-    while load.count() < BEFORE_FAULT:
+    try:
+        while load.count() < BEFORE_FAULT:
+            assert load.failure is None, load.failure
+            await asyncio.sleep(0.02)
+        before_s = time.monotonic() - load.started
+        rate = load.count() / before_s
+
+        # The resuming client leaves as the fault begins, and comes back with the last id it had.
+        reading["resuming"].cancel()
+        with contextlib.suppress(BaseException):
+            await reading["resuming"]
+        resuming.close()
+        got_before = frames_of(resuming.body[:resuming.body.rfind(b"\n\n") + 2])  # its last whole frame
+        connects = context.bus.connects
+        fault_started = time.monotonic()
+        await loop.run_in_executor(None, fault, cluster)
+        assert await context.bus.wait_connected(30.0)
+        await _wait(lambda: context.bus.connects > connects, "instance A's relay reconnected")
+        back_s = time.monotonic() - fault_started
+        resumed = await open_request(instance_b.port, world.events_path(),
+                                     headers={"Last-Event-ID": got_before[-1][0]})
+        assert resumed.status == 200
+        reading["resumed"] = asyncio.ensure_future(resumed.read_to_end(timeout=150))
+
+        after_fault = load.count()
+        while load.count() < after_fault + AFTER_FAULT:
+            assert load.failure is None, load.failure
+            await asyncio.sleep(0.02)
+        load.stop_at = 0  # finish the batch in flight, then the done
+        await loop.run_in_executor(None, load.join, 60)
         assert load.failure is None, load.failure
-        await asyncio.sleep(0.02)
-    before_s = time.monotonic() - load.started
-    rate = load.count() / before_s
 
-    # The resuming client leaves as the fault begins, and comes back with the last id it had.
-    reading["resuming"].cancel()
-    with contextlib.suppress(BaseException):
-        await reading["resuming"]
-    resuming.close()
-    got_before = frames_of(resuming.body[:resuming.body.rfind(b"\n\n") + 2])  # its last whole frame
-    connects = context.bus.connects
-    fault_started = time.monotonic()
-    await loop.run_in_executor(None, fault, cluster)
-    assert await context.bus.wait_connected(30.0)
-    await _wait(lambda: context.bus.connects > connects, "instance A's relay reconnected")
-    back_s = time.monotonic() - fault_started
-    resumed = await open_request(instance_b.port, world.events_path(),
-                                 headers={"Last-Event-ID": got_before[-1][0]})
-    assert resumed.status == 200
-    reading["resumed"] = asyncio.ensure_future(resumed.read_to_end(timeout=150))
-
-    after_fault = load.count()
-    while load.count() < after_fault + AFTER_FAULT:
-        assert load.failure is None, load.failure
-        await asyncio.sleep(0.02)
-    load.stop_at = 0  # finish the batch in flight, then the done
-    await loop.run_in_executor(None, load.join, 60)
-    assert load.failure is None, load.failure
-
-    expected = history(cluster)
-    numbers = [json.loads(data[len(b"data: "):]).get("message", "done").rsplit(" ", 1)[-1] for _, data in expected]
-    assert numbers[:-1] == [str(n) for n in range(len(numbers) - 1)]  # every event stored once, in order
-    assert numbers[-1] == "done"
-    assert set(load.answered) <= {event_id for event_id, _ in expected}  # nothing the publisher was told is lost
-    bodies = {name: await reading[name] for name in ("a", "b", "resumed")}
-    assert frames_of(bodies["a"]) == expected  # exactly once, in id order, byte for byte
-    assert frames_of(bodies["b"]) == expected
-    assert got_before + frames_of(bodies["resumed"]) == expected
-    figures = {"events": len(expected), "rate_per_s": round(rate), "relay_back_s": round(back_s, 2),
-               "publisher_errors": load.errors}
-    print(f"\n{fault.__name__}: {figures}")
-    # The pace is the load's, not the server's: on a quiet machine it is the 1,000+
-    # events/s (printed above); a loaded CI machine may pace it slower, which changes nothing
-    # this test proves, as long as events were flowing through the fault.
-    assert rate >= RATE_PER_S / 10, figures
-    return figures
+        expected = history(cluster)
+        numbers = [json.loads(data[len(b"data: "):]).get("message", "done").rsplit(" ", 1)[-1] for _, data in expected]
+        assert numbers[:-1] == [str(n) for n in range(len(numbers) - 1)]  # every event stored once, in order
+        assert numbers[-1] == "done"
+        assert set(load.answered) <= {event_id for event_id, _ in expected}  # nothing the publisher was told is lost
+        bodies = {name: await reading[name] for name in ("a", "b", "resumed")}
+        assert frames_of(bodies["a"]) == expected  # exactly once, in id order, byte for byte
+        assert frames_of(bodies["b"]) == expected
+        assert got_before + frames_of(bodies["resumed"]) == expected
+        figures = {"events": len(expected), "rate_per_s": round(rate), "relay_back_s": round(back_s, 2),
+                   "publisher_errors": load.errors}
+        print(f"\n{fault.__name__}: {figures}")
+        # The pace is the load's, not the server's: on a quiet machine it is the 1,000+
+        # events/s (printed above); a loaded CI machine may pace it slower, which changes nothing
+        # this test proves, as long as events were flowing through the fault.
+        assert rate >= RATE_PER_S / 10, figures
+        return figures
+    finally:
+        # A failed check leaves neither readers nor load behind (their errors would be logged in the next test).
+        load.stop_at = 0
+        for task in reading.values():
+            task.cancel()
+        await asyncio.gather(*reading.values(), return_exceptions=True)
 
 
 async def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
