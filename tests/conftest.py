@@ -86,6 +86,13 @@ def context(settings: Settings, io_loop: Any) -> Iterator[Context]:
     context.hub.start()
     io_loop.run_sync(context.bus.start)
     yield context
+    close_context(context, io_loop)
+
+
+def close_context(context: Context, io_loop: Any) -> None:
+    """Everything a test's context opened: streams, the relay, history's and revocations' Redis
+    clients (left open, their connections are garbage-collected in a later test, which fails on
+    the ResourceWarning), the database."""
     context.hub.stop()
 
     def close_streams() -> None:  # on the loop: closing unregisters the socket from it

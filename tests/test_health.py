@@ -15,6 +15,7 @@ from sentri.app import build_context, make_app
 from sentri.drain import drain
 
 from . import pg, sseclient
+from .conftest import close_context
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .services import wait_until
 from .sseclient import open_request
@@ -36,8 +37,7 @@ def relay_context(settings, redis_server, io_loop):  # noqa: F811
     context = build_context(settings.replace(redis_url=redis_server.url))
     io_loop.run_sync(context.bus.start)
     yield context
-    io_loop.run_sync(context.bus.close)
-    context.store.close()
+    close_context(context, io_loop)
 
 
 @pytest.fixture
