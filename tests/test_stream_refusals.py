@@ -11,7 +11,7 @@ import struct
 import peewee
 import pytest
 
-from handlers.events import RunEventsHandler
+from handlers.events_connect import RunEventsConnect
 from sentri.stream import CloseReason
 
 from .sseclient import open_request
@@ -82,7 +82,7 @@ async def test_a_client_that_leaves_while_the_run_is_read_gets_no_stream(port, w
     closed = []
     reserve = context.hub.reserve
     observer_closed = context.hub.observer.stream_closed
-    on_connection_close = RunEventsHandler.on_connection_close
+    on_connection_close = RunEventsConnect.on_connection_close
 
     async def lookup_until_the_client_left(*args, **kwargs):  # type: ignore[no-untyped-def]
         asked.set()
@@ -100,7 +100,7 @@ async def test_a_client_that_leaves_while_the_run_is_read_gets_no_stream(port, w
     monkeypatch.setattr(context.store, "open_stream", lookup_until_the_client_left)
     monkeypatch.setattr(context.hub, "reserve", lambda *a, **k: reserved.append(reserve(*a, **k)) or reserved[-1])
     monkeypatch.setattr(context.hub.observer, "stream_closed", stream_closed)
-    monkeypatch.setattr(RunEventsHandler, "on_connection_close", noticed_the_client_left)
+    monkeypatch.setattr(RunEventsConnect, "on_connection_close", noticed_the_client_left)
 
     client = socket.create_connection(("127.0.0.1", port))
     client.sendall(f"GET {world.events_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
