@@ -82,6 +82,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
     """One GET of the events route, from its parsed request to a stream the hub owns (or a refusal)."""
 
     client_gone = False
+    detached = False
 
     def __init__(self, route: RunEventsConnects, request: httputil.HTTPServerRequest, run_id: str) -> None:
         self.route = route
@@ -109,7 +110,11 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
         try:
             await self._connect()
         except Exception as error:  # ApiError, and anything unexpected: a 500 as Tornado gives it
-            self._answer(error)
+            if self.detached:  # the socket is the stream's now: logged only, as a detached handler's error was
+                logger = RunEventsAnswer(self._application(), self.request, context=self.context, answer=error)
+                logger.log_exception(type(error), error, error.__traceback__)
+            else:
+                self._answer(error)
 
     async def _connect(self) -> None:
         context = self.context
@@ -252,6 +257,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
         chunked = self.request.version == "HTTP/1.1"
         # HTTP1Connection's detach, as RequestHandler.detach calls it (HTTPConnection does not declare it).
         iostream = connection.detach()  # type: ignore[union-attr]
+        self.detached = True
         sock = iostream.socket
         # Tornado may still watch the descriptor for errors; the stream registers its own reader.
         tornado.ioloop.IOLoop.current().remove_handler(sock.fileno())
@@ -260,14 +266,17 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
 
     # -- answers that are not a stream --------------------------------------------------------
 
-    def _answer(self, answer: Answer) -> None:
-        """Write ``answer`` through Tornado's own handler pipeline, as ``RunEventsAnswer``."""
+    def _application(self) -> tornado.web.Application:
         application = self.route.application
         if application is None:
             raise RuntimeError("RunEventsConnects.application is not set (make_app sets it)")
+        return application
+
+    def _answer(self, answer: Answer) -> None:
+        """Write ``answer`` through Tornado's own handler pipeline, as ``RunEventsAnswer``."""
         request = self.request
-        delegate = application.get_handler_delegate(request, RunEventsAnswer,
-                                                    {"context": self.context, "answer": answer})
+        delegate = self._application().get_handler_delegate(request, RunEventsAnswer,
+                                                             {"context": self.context, "answer": answer})
         delegate.headers_received(httputil.RequestStartLine(request.method or "GET", request.uri or "",
                                                             request.version), request.headers)
         delegate.finish()
