@@ -11,7 +11,8 @@ process itself, before and after the connects:
   another job on the machine changes the wall time but hardly the figure;
 * objects the cyclic garbage collector found unreachable (``gc.callbacks``' ``collected``),
   with one full ``gc.collect()`` at each reading so garbage not yet collected is counted too;
-* collections run and the time they paused the process.
+* collections run and the time they paused the process;
+* RSS growth per open stream.
 
 The counters are read through ``SIGUSR1`` by a hook installed before ``serve_bench`` runs,
 so the server code under test needs nothing for it.
@@ -36,19 +37,22 @@ SECRET = "sentri-bench-secret-0123456789abcdef"
 # Runs in the server process before serve_bench: counts what the collector finds and answers SIGUSR1.
 HOOK = """
 import gc, json, os, runpy, signal, sys, time
-totals = {"collected": 0, "collections": [0, 0, 0], "gc_pause_s": 0.0}
+totals = {"collected": 0, "collections": [0, 0, 0], "gc_pause_s": 0.0, "gc_max_pause_s": 0.0}
 started = [0.0]
 def on_gc(phase, info):
     if phase == "start":
         started[0] = time.perf_counter()
         return
-    totals["gc_pause_s"] += time.perf_counter() - started[0]
+    pause = time.perf_counter() - started[0]
+    totals["gc_pause_s"] += pause
+    totals["gc_max_pause_s"] = max(totals["gc_max_pause_s"], pause)
     totals["collected"] += info["collected"]
     totals["collections"][info["generation"]] += 1
 gc.callbacks.append(on_gc)
 def report(signum, frame):
     cpu_s = time.process_time()
     snapshot = dict(totals, collections=list(totals["collections"]), cpu_s=cpu_s)
+    totals["gc_max_pause_s"] = 0.0  # the longest pause between two readings
     gc.collect()
     snapshot["collected_after_full"] = totals["collected"]
     with open(os.environ["COST_REPORT"] + ".tmp", "w") as handle:
@@ -110,6 +114,10 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"the floor peer did not listen; see {self.log.name}")
 
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+
     def counters(self) -> Dict[str, Any]:
         before = os.path.getmtime(self.report_path) if os.path.exists(self.report_path) else 0.0
         os.kill(self.proc.pid, signal.SIGUSR1)
@@ -164,6 +172,7 @@ def measure(tree: str, connects: int, concurrency: int, warm_up: int, floor: str
         warm = asyncio.run(_round(server, warm_up, concurrency))
         del warm
         before = server.counters()
+        rss_before_kb = server.rss_kb()
         started = time.monotonic()
         writers_holder: List[Any] = []
 
@@ -174,6 +183,7 @@ def measure(tree: str, connects: int, concurrency: int, warm_up: int, floor: str
         loop.run_until_complete(storm())
         wall_s = time.monotonic() - started
         after = server.counters()
+        rss_after_kb = server.rss_kb()  # after the full collection of the reading
         loop.run_until_complete(close_all(writers_holder[0]))
         loop.close()
     finally:
@@ -189,6 +199,9 @@ def measure(tree: str, connects: int, concurrency: int, warm_up: int, floor: str
                                                  / connects, 2),
         "collections_gen0_gen1_gen2": [a - b for a, b in zip(after["collections"], before["collections"])],
         "gc_pause_s": round(after["gc_pause_s"] - before["gc_pause_s"], 3),
+        "gc_max_pause_ms": round(after["gc_max_pause_s"] * 1000, 1),
+        "rss_kb_per_open_stream": round((rss_after_kb - rss_before_kb) / connects, 2),
+        "gc_threshold": os.environ.get("SENTRI_GC_THRESHOLD", "700 (default)"),
         "wall_s": round(wall_s, 2),
         "load_average": os.getloadavg(),
     }
