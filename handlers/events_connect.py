@@ -62,7 +62,7 @@ class RunEventsConnects(tornado.routing.Router):
     """The GET route's target: a ``RunEventsConnect`` per request.
 
     ``application`` is set by ``make_app`` once the application exists: the rare answers that
-    are not a stream are written by a ``JsonHandler`` of that application.
+    are not a stream are written by a ``RunEventsAnswer`` handler of that application.
     """
 
     def __init__(self, context: Context) -> None:
