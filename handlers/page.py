@@ -10,7 +10,7 @@ from __future__ import annotations
 from sentri.run_page import run_page
 
 from .base import ApiError, JsonHandler
-from .events import RUN_ID_PATTERN, RUN_NOT_FOUND
+from .events_connect import RUN_ID_PATTERN, RUN_NOT_FOUND
 
 
 class RunPageHandler(JsonHandler):

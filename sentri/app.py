@@ -11,9 +11,11 @@ import tornado.web
 
 from handlers.base import NotFoundHandler
 from handlers.events import default_handlers as event_handlers
+from handlers.events_connect import EVENTS_PATH, RunEventsConnects
 from handlers.health import default_handlers as health_handlers
 from handlers.metrics import default_handlers as metrics_handlers
 from handlers.page import default_handlers as page_handlers
+from handlers.publish_api import MethodAndPath
 from handlers.publish_api import default_handlers as publish_handlers
 
 from .bus import Bus
@@ -95,20 +97,26 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
                    publisher=Publisher(store, hub), revocations=make_revocations(settings, bus))
 
 
-def routes(context: Context) -> List[Tuple[Any, ...]]:
-    return [(pattern, handler, {"context": context}) for pattern, handler in
-            [*publish_handlers, *event_handlers, *health_handlers, *metrics_handlers, *page_handlers]]
+def routes(context: Context, connects: RunEventsConnects) -> List[Tuple[Any, ...]]:
+    # A stream's GET goes to its own delegate, not a RequestHandler (handlers/events_connect.py).
+    return [*[(pattern, handler, {"context": context}) for pattern, handler in publish_handlers],
+            (MethodAndPath("GET", EVENTS_PATH), connects),
+            *[(pattern, handler, {"context": context}) for pattern, handler in
+              [*event_handlers, *health_handlers, *metrics_handlers, *page_handlers]]]
 
 
 def make_app(context: Context) -> tornado.web.Application:
-    return tornado.web.Application(
-        routes(context),
+    connects = RunEventsConnects(context)
+    application = tornado.web.Application(
+        routes(context, connects),
         default_handler_class=NotFoundHandler,
         default_handler_args={"context": context},
         log_function=log_request,
         serve_traceback=False,
         compress_response=False,
     )
+    connects.application = application
+    return application
 
 
 async def start(context: Context) -> None:

@@ -18,8 +18,17 @@ STREAM_HEADERS: Tuple[Tuple[str, str], ...] = (
 )
 
 
+# The last Date value made, by whole second: a storm's connects in one second share it
+# (formatting one costs about as much as the rest of the head).
+_last_date: Tuple[int, str] = (-1, "")
+
+
 def http_date(now: float) -> str:
-    return formatdate(now, usegmt=True)
+    global _last_date
+    second = int(now)
+    if _last_date[0] != second:
+        _last_date = (second, formatdate(second, usegmt=True))  # the format has whole seconds
+    return _last_date[1]
 
 
 def stream_head(chunked: bool, extra_headers: Iterable[Tuple[str, str]] = (), now: float = 0.0) -> bytes:

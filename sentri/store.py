@@ -181,6 +181,19 @@ class StreamLookup:
 
 
 NO_WORKSPACE_LOOKUP = StreamLookup(StreamOutcome.NO_WORKSPACE)
+
+
+class _RunInWorkspace:
+    """The aliases ``Store.find_run_in_workspace`` queries with, made once.
+
+    peewee makes a new class for every aliased field it is asked for (``FieldAlias.create``);
+    made per read, those classes are reference cycles the garbage collector has to find, about
+    ten per read. Aliases are plain query nodes, so one set serves every thread.
+    """
+
+    runs, project = Run.alias("r"), Project.alias("p")
+    run_id, run_project_id, run_deleted_at = runs.id, runs.projectId, runs.deletedAt
+    project_id, project_workspace_id, project_deleted_at = project.id, project.workspaceId, project.deletedAt
 # A found run's snapshot is reused only at the same (run version here, newest id in history).
 ReadVersion = Tuple[int, Optional[str]]
 
@@ -417,19 +430,19 @@ class Store:
         cost the same and a caller cannot tell them apart by timing. The row is every column of
         the table in table order, as the Node backend's ``SELECT *`` gives it.
         """
-        runs, project = Run.alias("r"), Project.alias("p")
+        runs, project = _RunInWorkspace.runs, _RunInWorkspace.project
         query = (
-            runs.select(peewee.SQL('"r".*'), project.id.alias("_project_id"))
+            runs.select(peewee.SQL('"r".*'), _RunInWorkspace.project_id.alias("_project_id"))
             .join(
                 project,
                 peewee.JOIN.LEFT_OUTER,
                 on=(
-                    (project.id == runs.projectId)
-                    & (project.workspaceId == workspace_id)
-                    & project.deletedAt.is_null()
+                    (_RunInWorkspace.project_id == _RunInWorkspace.run_project_id)
+                    & (_RunInWorkspace.project_workspace_id == workspace_id)
+                    & _RunInWorkspace.project_deleted_at.is_null()
                 ),
             )
-            .where((runs.id == run_id) & runs.deletedAt.is_null())
+            .where((_RunInWorkspace.run_id == run_id) & _RunInWorkspace.run_deleted_at.is_null())
             .limit(1)
         )
         cursor = execute_query(self.database, query)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from email.utils import formatdate
 
 import pytest
+
+from sentri.http import http_date
 
 from .frames import next_data
 from .sseclient import open_request
@@ -78,3 +81,9 @@ async def test_an_error_answer_is_json_with_its_length_and_no_server_header(port
     assert response.headers["content-type"] == "application/json; charset=utf-8"
     assert response.headers["content-length"] == str(len(b'{"error":"not found"}'))
     assert "server" not in response.headers
+
+
+def test_the_date_header_is_the_http_date_of_its_second_however_often_it_is_asked():
+    # http_date keeps the last value it made; every time of a second gives that second's date.
+    for now in (1764500000.0, 1764500000.25, 1764500000.999, 1764500001.0, 1764499999.5, 86400.75):
+        assert http_date(now) == formatdate(now, usegmt=True)

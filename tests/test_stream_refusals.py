@@ -11,7 +11,7 @@ import struct
 import peewee
 import pytest
 
-from handlers.events import RunEventsHandler
+from handlers.events_connect import RunEventsConnect
 from sentri.stream import CloseReason
 
 from .sseclient import open_request
@@ -82,7 +82,7 @@ async def test_a_client_that_leaves_while_the_run_is_read_gets_no_stream(port, w
     closed = []
     reserve = context.hub.reserve
     observer_closed = context.hub.observer.stream_closed
-    on_connection_close = RunEventsHandler.on_connection_close
+    on_connection_close = RunEventsConnect.on_connection_close
 
     async def lookup_until_the_client_left(*args, **kwargs):  # type: ignore[no-untyped-def]
         asked.set()
@@ -100,7 +100,7 @@ async def test_a_client_that_leaves_while_the_run_is_read_gets_no_stream(port, w
     monkeypatch.setattr(context.store, "open_stream", lookup_until_the_client_left)
     monkeypatch.setattr(context.hub, "reserve", lambda *a, **k: reserved.append(reserve(*a, **k)) or reserved[-1])
     monkeypatch.setattr(context.hub.observer, "stream_closed", stream_closed)
-    monkeypatch.setattr(RunEventsHandler, "on_connection_close", noticed_the_client_left)
+    monkeypatch.setattr(RunEventsConnect, "on_connection_close", noticed_the_client_left)
 
     client = socket.create_connection(("127.0.0.1", port))
     client.sendall(f"GET {world.events_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
@@ -148,3 +148,40 @@ async def test_a_client_that_has_the_done_gets_204_even_when_the_run_has_no_free
     response = await open_request(port, world.events_path("RUN-2"), headers={"Last-Event-ID": done})
     assert response.status_line == b"HTTP/1.1 204 No Content"
     assert context.hub.runs == {"RUN-2": {holder}}
+
+
+@pytest.mark.gen_test
+async def test_an_unexpected_error_before_the_socket_is_taken_is_tornados_500_and_its_log_line(
+        port, world, context, monkeypatch, expect_log):
+    expect_log("tornado.application", r"^Uncaught exception GET /api/v1/runs/RUN-1/events\?token=\[redacted\] ")
+    expect_log("sentri.access", r"GET /api/v1/runs/RUN-1/events 500$")
+
+    async def plan_fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+    monkeypatch.setattr("handlers.events_connect.plan_start", plan_fails)
+    response = await open_request(port, world.events_path())
+    assert response.status == 500
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert await response.read_json() == {"error": "internal server error"}
+
+
+@pytest.mark.gen_test
+async def test_an_unexpected_error_after_the_socket_is_taken_is_logged_and_writes_no_500_on_it(
+        port, world, context, monkeypatch, expect_log):
+    logged = expect_log("tornado.application",
+                        r"^Uncaught exception GET /api/v1/runs/RUN-1/events\?token=\[redacted\] ")
+
+    def open_fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(context.hub, "open", open_fails)
+    client = socket.create_connection(("127.0.0.1", port))
+    client.setblocking(False)
+    client.sendall(f"GET {world.events_path()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    async def until_logged():  # type: ignore[no-untyped-def]
+        while not logged.matched:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(until_logged(), 5)
+    await asyncio.sleep(0.05)
+    with pytest.raises(BlockingIOError):  # nothing was written: the socket is the stream's, not Tornado's
+        client.recv(100)
+    client.close()
