@@ -83,6 +83,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
 
     client_gone = False
     detached = False
+    reserved: Optional[EventStream] = None  # the run's slot this connect holds, until the socket is the stream's
 
     def __init__(self, route: RunEventsConnects, request: httputil.HTTPServerRequest, run_id: str) -> None:
         self.route = route
@@ -109,6 +110,14 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
     async def _serve(self) -> None:
         try:
             await self._connect()
+        except asyncio.CancelledError:
+            # The process exits with this connect unfinished (asyncio cancels what is left): a
+            # connect changes nothing, so the client is told to come back, as during the drain.
+            if not self.detached:
+                if self.reserved is not None:
+                    self.reserved.close(CloseReason.REFUSED)
+                self._answer(ApiError(503, SHUTTING_DOWN))
+            raise
         except Exception as error:  # ApiError, and anything unexpected: a 500 as Tornado gives it
             if self.detached:  # the socket is the stream's now: logged only, as a detached handler's error was
                 logger = RunEventsAnswer(self._application(), self.request, context=self.context, answer=error)
@@ -129,7 +138,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
             raise ApiError(404, RUN_NOT_FOUND)
         hub = context.hub
         remote_ip = self.request.remote_ip or ""
-        stream = hub.reserve(run_id, identity.jti, remote_ip)
+        stream = self.reserved = hub.reserve(run_id, identity.jti, remote_ip)
         if stream is not None:
             # docs/stream.md §3: subscribing is asynchronous; a done published before Redis confirms it
             # would be lost. Bounded: with Redis down or slow the stream proceeds unconfirmed.

@@ -12,6 +12,7 @@ from sentri import sse
 from sentri.drain import drain
 from sentri.stream import CloseReason
 
+from .lookups import held_lookup
 from .socketpairs import fill_kernel_buffers, live_stream, read_exactly
 
 
@@ -64,3 +65,20 @@ async def test_a_zero_window_ends_every_stream_without_waiting(context):
     finally:
         for _, client_end in streams:
             client_end.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_a_connect_still_reading_its_run_when_the_process_exits_is_told_to_come_back(
+        port, world, context, expect_log):
+    # asyncio cancels the tasks left when the process exits; the connect answers as a drain does.
+    expect_log("sentri.access", r"GET /api/v1/runs/RUN-1/events 503$")
+    with held_lookup(context) as lookup:
+        answer = await lookup.request(port, world.events_path())
+        (connect,) = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "RunEventsConnect._serve"]
+        connect.cancel()
+        response = await answer
+        assert response.status == 503
+        assert response.headers["retry-after"] == "1"
+        assert await response.read_json() == {"error": "server is shutting down", "retryAfter": 1}
+    assert connect.cancelled()
+    assert context.hub.runs == {}  # its reservation was let go
