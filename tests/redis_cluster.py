@@ -13,14 +13,14 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 import pytest
 import redis
 
 from sentri.redis_slots import key_slot
 
-from .services import Pausable, free_port, wait_for_port
+from .services import Pausable, free_ports, wait_for_port
 
 NODE_TIMEOUT_MS = 1000  # how long a silent master is given before its replica takes over
 SETTLE_TIMEOUT_S = 30.0
@@ -43,12 +43,14 @@ def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = SETTLE_
 
 
 class ClusterNode(Pausable):  # paused: it stops answering (a replica cannot take over)
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, ports: Set[int]) -> None:
         self.folder = folder
-        self.port = free_port()
-        self.bus_port = free_port()
-        while self.bus_port == self.port:  # pragma: no cover - the OS gave the same port twice
-            self.bus_port = free_port()
+        # Every port the cluster uses (main and bus, all nodes): a node's port must be none of
+        # the others' (CI once gave a node the port another node's bus had just taken: the node
+        # died, the bus answered its port, and "redis-cli --cluster create" failed).
+        self.cluster_ports = ports
+        self.port, self.bus_port = free_ports(2, avoid=ports)
+        ports.update((self.port, self.bus_port))
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     @property
@@ -68,7 +70,8 @@ class ClusterNode(Pausable):  # paused: it stops answering (a replica cannot tak
             except RuntimeError:  # exited before listening: a port was taken since it was chosen
                 if attempt == 4:
                     raise
-                self.port, self.bus_port = free_port(), free_port()
+                self.port, self.bus_port = free_ports(2, avoid=self.cluster_ports)
+                self.cluster_ports.update((self.port, self.bus_port))
 
     def _start(self) -> None:
         os.makedirs(self.folder, exist_ok=True)
@@ -82,6 +85,13 @@ class ClusterNode(Pausable):  # paused: it stops answering (a replica cannot tak
         with open(os.path.join(self.folder, "redis.log"), "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, process=self.process)
+        try:  # this node answers there, not something else that took the port meanwhile
+            self.command("PING")
+        except redis.RedisError:
+            self.stop()
+            raise RuntimeError(f"no redis of this node on port {self.port}") from None
+        if not self.alive:
+            raise RuntimeError(f"the node on port {self.port} exited")
 
     @property
     def alive(self) -> bool:
@@ -126,7 +136,8 @@ class RedisCluster:
     """Six nodes made one cluster; ``url`` names one node, ``seeds`` all of them."""
 
     def __init__(self, folder: str) -> None:
-        self.nodes = [ClusterNode(os.path.join(folder, f"node{number}")) for number in range(6)]
+        ports: Set[int] = set()
+        self.nodes = [ClusterNode(os.path.join(folder, f"node{number}"), ports) for number in range(6)]
 
     @property
     def url(self) -> str:
@@ -139,9 +150,11 @@ class RedisCluster:
     def start(self) -> RedisCluster:
         for node in self.nodes:
             node.start()
-        subprocess.run(["redis-cli", "--cluster", "create", *(node.address for node in self.nodes),
-                        "--cluster-replicas", "1", "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(node.address for node in self.nodes),
+                                  "--cluster-replicas", "1", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]} {created.stderr[-1000:]}")
         self.wait_settled()
         # Every replica has its master's data (its first sync done): a master killed later loses
         # only what it had not sent yet, not everything written since the cluster was made.

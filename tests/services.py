@@ -12,13 +12,31 @@ import signal
 import socket
 import subprocess
 import time
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_ports(count: int, avoid: Collection[int] = ()) -> List[int]:
+    """``count`` different ports free now, none of them in ``avoid``: held bound together while
+    they are chosen (``free_port`` called twice can give the same port back)."""
+    probes: List[socket.socket] = []
+    try:
+        while len(probes) < count:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind(("127.0.0.1", 0))
+            if probe.getsockname()[1] in avoid:
+                probe.close()
+                continue
+            probes.append(probe)
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0, process: Optional[subprocess.Popen] = None) -> None:  # type: ignore[type-arg]
