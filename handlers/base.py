@@ -11,6 +11,9 @@ from sentri.context import Context
 from sentri.cors import cors_headers
 from sentri.sse import dumps_js
 
+# A draining or exiting instance's answer to any request it will not serve: retry elsewhere.
+SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
+
 
 class ApiError(tornado.web.HTTPError):
     """An error whose JSON body the client sees as is; ``log_message`` stays server-side."""

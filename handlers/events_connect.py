@@ -38,7 +38,7 @@ from sentri.store import StreamLookup, StreamOutcome
 from sentri.stream import CloseReason, EventStream
 from sentri.tokens import Identity, token_candidates
 
-from .base import ApiError, JsonHandler
+from .base import SHUTTING_DOWN, ApiError, JsonHandler
 
 EVENTS_PATH = r"/api/v1/runs/([^/]+)/events"
 
@@ -48,7 +48,6 @@ RUN_NOT_FOUND = {"error": "not found"}
 PROJECT_NOT_FOUND = {"error": "project not found"}
 TOO_MANY_LISTENERS = {"error": "too many SSE listeners on this run", "retryAfter": 5}
 DATABASE_UNAVAILABLE = {"error": "database unavailable"}
-SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
 # The pending stream was closed while the run was read (too many events held meanwhile): its
 # socket is never attached; the client reconnects (and resumes) after the hint.
 STREAM_CLOSED = {"error": "stream closed before it opened", "retryAfter": 1}

@@ -27,7 +27,7 @@ from sentri import jsontext
 from sentri.event_intake import InvalidEventError, PreparedEvent, prepare
 from sentri.group_commit import RunNotFoundError, ShuttingDownError
 
-from .base import ApiError, JsonHandler
+from .base import SHUTTING_DOWN, ApiError, JsonHandler
 
 NOT_FOUND = {"error": "not found"}
 TOKEN_REQUIRED = {"error": "publish token required"}
@@ -36,7 +36,6 @@ NOT_JSON = {"error": "body is not valid JSON"}
 NOT_AN_OBJECT = {"error": "body must be a JSON object"}
 TOO_DEEP = {"error": f"body must not nest arrays and objects more than {jsontext.MAX_DEPTH} levels deep"}
 DATABASE_UNAVAILABLE = {"error": "database unavailable", "retryAfter": 1}
-SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
 # The process exits with this publish still unfinished (Publisher.close's bound passed): it may
 # or may not have been stored, so it is not a 503 (which promises nothing was).
 INTERRUPTED = {"error": "server stopped before the publish finished: it may have been stored", "retryAfter": 1}
