@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.crc import key_slot as _key_slot
 from redis.exceptions import RedisError
 
+from . import cancel_safe
 from .bus import messages as wire
 
 SLOTS = 16384
@@ -185,7 +186,7 @@ async def probe(url: str, timeout_s: float) -> Optional[SlotMap]:
             return None
         raise
     finally:
-        await client.aclose()
+        await cancel_safe.finish(client.aclose())
     return SlotMap.from_cluster_slots(answer, address_of(url))
 
 

@@ -25,7 +25,6 @@ recovery path is simpler to get right than one per shard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import zlib
@@ -36,6 +35,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .. import cancel_safe
 from ..redis_history import released_pipeline, script_result
 from ..redis_router import is_stale_map_error
 from ..redis_slots import (
@@ -140,10 +140,7 @@ class ClusterSession:
             raise ConnectionError("relay task ended")  # pragma: no cover - the tasks loop forever
         finally:
             bus.shard_connections.clear()
-            cleanup = asyncio.ensure_future(bus._end_session(tasks, *closables))
-            while not cleanup.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(cleanup)
+            await cancel_safe.finish(bus._end_session(tasks, *closables))  # as the single session's
 
     async def _check_state(self) -> None:
         """Every master says ``cluster_state:ok`` (a cluster with a failed slot is not served)."""

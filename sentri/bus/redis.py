@@ -44,7 +44,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .. import jsontext, sse
+from .. import cancel_safe, jsontext, sse
 from ..history import id_key
 from ..redis_history import (
     DELIVERED_HERE,
@@ -413,11 +413,7 @@ class RedisBus(Bus):
         finally:
             # close() cancels the supervisor again every 50 ms (redis-py can swallow a cancel);
             # a second cancel must not cut this cleanup short, or tasks and sockets outlive it.
-            # The cleanup is bounded, so it is shielded and finished before the cancel goes on.
-            cleanup = asyncio.ensure_future(self._end_session(tasks, pubsub, subscriber, publisher))
-            while not cleanup.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(cleanup)
+            await cancel_safe.finish(self._end_session(tasks, pubsub, subscriber, publisher))  # bounded
 
     async def _end_session(self, tasks: List[asyncio.Task[None]], *closables: Any) -> None:
         """Cancel the session's tasks, then close its pub/sub objects and clients, in that order."""
