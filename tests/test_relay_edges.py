@@ -6,6 +6,7 @@ swallow their cancellation as redis-py sometimes does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import re
@@ -18,9 +19,11 @@ import pytest
 from sentri import sse
 from sentri.bus import Bus
 from sentri.bus import messages as wire
+from sentri.bus import redis as relay
 from sentri.bus.redis import CLOSE_TIMEOUT_S, RedisBus, describe_url
 from sentri.history import MemoryHistory
 from sentri.hub import Hub
+from sentri.redis_history import stream_key
 from sentri.stream import Frame
 from sentri.worker_publisher import RunEventPublisher
 
@@ -455,6 +458,168 @@ async def test_a_stream_that_stopped_waiting_for_its_channel_is_caught_up_once_r
         assert await read_exactly(client, len(expected)) == expected
         after, _ = publisher.publish("RUN-1", "llm_token", {"token": "live"})
         expected = sse.data_frame(b'{"type":"llm_token","token":"live"}', after)
+        assert await read_exactly(client, len(expected)) == expected
+        stream.close("done")
+    finally:
+        publisher.close()
+        await bus.close()
+        if client is not None:
+            client.close()
+
+
+
+@contextlib.asynccontextmanager
+async def relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):  # noqa: F811
+    """The relay's subscriber is killed; its next session gets as far as its first subscribe,
+    then Redis freezes (SIGSTOP) until the block ends: inside, a session is under way and the
+    relay is not connected, as for a while after every reconnect under load."""
+    sessions = []
+    real_probe = relay.probe
+
+    async def probe_then_freeze_redis(url, timeout_s):
+        answer = await real_probe(url, timeout_s)
+        redis_server.pause()
+        sessions.append(url)
+        return answer
+
+    monkeypatch.setattr(relay, "probe", probe_then_freeze_redis)
+    with redis_server.client() as admin:
+        admin.client_kill_filter(_type="pubsub")
+    try:
+        await wait_until(lambda: sessions, what="the relay's next session under way, Redis frozen")
+        monkeypatch.setattr(relay, "probe", real_probe)
+        assert not bus.connected
+        yield
+    finally:
+        redis_server.resume()
+
+
+def open_at(hub, run_id, snapshot_id):
+    """A stream registered now that goes live on a snapshot read through ``snapshot_id``."""
+    stream = hub.reserve(run_id)
+    assert stream is not None
+    server_end, client_end = socket.socketpair()
+    server_end.setblocking(False)
+    stream.attach_socket(server_end, False)
+    hub.open(stream, b"", snapshot_id=snapshot_id)
+    return stream, client_end
+
+
+def token_frame(token, event_id):
+    return sse.data_frame(json.dumps({"type": "llm_token", "token": token}, separators=(",", ":")).encode(),
+                          event_id)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_that_came_while_the_relay_was_reconnecting_is_caught_up_once_redis_confirms_its_channel(
+        redis_server, monkeypatch, expect_log):  # noqa: F811
+    # Found by the soak: a stream registered after a reconnecting session had listed the runs
+    # to repair, and before Redis answered its first subscribe, did not wait (the relay was not
+    # connected) and was in no repair: what was published after its history read and before
+    # Redis took its SUBSCRIBE never reached it.
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=0.05, retry_max_s=0.05)
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        read_through, _ = publisher.publish("RUN-1", "llm_token", {"token": "its history read ends here"})
+        missed, _ = publisher.publish("RUN-1", "llm_token", {"token": "before its channel was confirmed"})
+        async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
+            stream, client = open_at(hub, "RUN-1", read_through)
+            assert await bus.wait_subscribed("RUN-1", 5.0) is False  # not connected: it does not wait
+        expected = token_frame("before its channel was confirmed", missed)
+        assert await read_exactly(client, len(expected)) == expected
+        after, _ = publisher.publish("RUN-1", "llm_token", {"token": "live"})
+        expected = token_frame("live", after)
+        assert await read_exactly(client, len(expected)) == expected
+        stream.close("done")
+    finally:
+        publisher.close()
+        await bus.close()
+        if client is not None:
+            client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_run_confirmed_late_during_a_reconnects_repair_gets_its_own_repair_before_its_live_frames(
+        redis_server, monkeypatch, expect_log):  # noqa: F811
+    # The reconnect's repair used to release every run still held when it ended, a run confirmed
+    # late meanwhile included: its stream took the newer live frame first, then refused the
+    # older ones its own repair brought (a stream never goes back in ids).
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=0.05, retry_max_s=0.05)
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    clients = []
+    try:
+        assert await bus.wait_connected(5.0)
+        early, early_client = live_stream(hub, "RUN-A")  # RUN-A is repaired by the reconnect
+        clients.append(early_client)
+        assert await bus.wait_subscribed("RUN-A", 5.0)
+        read_through, _ = publisher.publish("RUN-B", "llm_token", {"token": "its history read ends here"})
+        missed, _ = publisher.publish("RUN-B", "llm_token", {"token": "before its channel was confirmed"})
+        reconnect_repair_began, reconnect_repair_may_end = asyncio.Event(), asyncio.Event()
+        real_repair = bus._repair_from_history
+
+        async def repair_held_back(runs, read_streams):
+            if runs == ["RUN-A"]:  # the reconnect's: it ends once RUN-B's live frame is held
+                reconnect_repair_began.set()
+                await reconnect_repair_may_end.wait()
+            await real_repair(runs, read_streams)
+
+        monkeypatch.setattr(bus, "_repair_from_history", repair_held_back)
+        with redis_server.client() as admin:
+            admin.client_kill_filter(_type="pubsub")
+        await asyncio.wait_for(reconnect_repair_began.wait(), 10.0)
+        late, late_client = open_at(hub, "RUN-B", read_through)
+        clients.append(late_client)
+        assert await bus.wait_subscribed("RUN-B", 0.0) is False  # it did not wait
+        await wait_until(lambda: "sentri:run:RUN-B" in bus._confirmed, what="RUN-B confirmed")
+        live, _ = publisher.publish("RUN-B", "llm_token", {"token": "live"})
+        await wait_until(lambda: bus._catching_up.get("RUN-B"), what="the live frame held")
+        reconnect_repair_may_end.set()
+        expected = token_frame("before its channel was confirmed", missed) + token_frame("live", live)
+        assert await read_exactly(late_client, len(expected)) == expected
+        early.close("done")
+        late.close("done")
+    finally:
+        publisher.close()
+        await bus.close()
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_outage_event_reaches_a_stream_that_came_after_it_in_id_order_when_its_run_is_held(
+        redis_server, monkeypatch, expect_log):  # noqa: F811
+    # An event published here while Redis was away goes to Redis when it is back; streams that
+    # came after it was delivered here get it then, with its id. When their run was held for a
+    # repair just then (its channel confirmed during the publish), they got it before the
+    # repair's older events, and then refused those (found reading the soak's losses).
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=0.05, retry_max_s=0.05)
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    client = None
+    try:
+        assert await bus.wait_connected(5.0)
+        read_through, _ = publisher.publish("RUN-1", "llm_token", {"token": "its history read ends here"})
+        missed, _ = publisher.publish("RUN-1", "llm_token", {"token": "before its channel was confirmed"})
+        async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
+            answer = bus.publish_event("RUN-1", b'{"type":"llm_token","token":"kept here"}', False)
+            assert await answer is None  # answered without an id, kept for Redis
+            stream, client = open_at(hub, "RUN-1", read_through)
+            assert await bus.wait_subscribed("RUN-1", 5.0) is False
+        await wait_until(lambda: bus.published == 1, what="the kept event published")
+        with redis_server.client() as admin:
+            (kept_id, _), = admin.xrevrange(stream_key("RUN-1"), count=1)
+        expected = token_frame("before its channel was confirmed", missed) + token_frame("kept here",
+                                                                                          kept_id.decode())
         assert await read_exactly(client, len(expected)) == expected
         stream.close("done")
     finally:

@@ -37,7 +37,7 @@ import collections
 import contextlib
 import logging
 import time
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 import redis.asyncio
@@ -98,6 +98,14 @@ class _Outgoing:
     def resolve(self, event_id: Optional[str]) -> None:
         if self.future is not None and not self.future.done():
             self.future.set_result(event_id)
+
+
+class _LateFrame(NamedTuple):
+    """An outage event published at last, for the streams registered after ``delivered_at``."""
+
+    frame: Frame
+    delivered_at: float  # time.monotonic() when this instance delivered it without an id
+    stored: bool  # a log, a done or an agent event: a snapshot read after it holds it
 
 
 def describe_url(url: str) -> str:
@@ -171,6 +179,9 @@ class RedisBus(Bus):
         # timed out): once confirmed, they are caught up from history like after a reconnect.
         self._unconfirmed: Set[str] = set()
         self._late_repairs: Set[str] = set()
+        # Outage events published while their run was held, by run and id: those streams that
+        # came after they were delivered here get them from the run's repair (``_repair``).
+        self._late_frames: Dict[str, Dict[str, _LateFrame]] = {}
         self._subscriptions_changed: Optional[asyncio.Event] = None
         # Outgoing messages, bounded in bytes: a slow Redis makes them wait, never the loop.
         self._outbox: Deque[_Outgoing] = collections.deque()
@@ -252,7 +263,13 @@ class RedisBus(Bus):
         channel = wire.run_channel(run_id)
         if channel in self._confirmed:
             return True
-        if not self._connected or channel not in self._wanted:
+        if channel not in self._wanted:
+            return False
+        if not self._connected:
+            # A session already under way built its repair list before this stream came: once
+            # Redis confirms the channel, catch it up as a late one (found by the soak: streams
+            # connecting while their instance reconnected missed what was published meanwhile).
+            self._unconfirmed.add(run_id)
             return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(channel, []).append(future)
@@ -538,10 +555,19 @@ class RedisBus(Bus):
         to those live on a snapshot: read after it was stored, their snapshot holds it."""
         if event_id is None or self._hub is None:
             return
+        late = _LateFrame(Frame(sse.data_frame(item.data, event_id), event_id=event_id, ends_stream=item.ends_stream),
+                          item.delivered_at, item.data.startswith(DURABLE_PREFIXES))
+        if item.run_id in self._catching_up:
+            # Its run waits for a repair, which reads this event back: they get it then, in id
+            # order (a stream refuses an id older than the newest it has).
+            self._late_frames.setdefault(item.run_id, {})[event_id] = late
+            return
         self._deliver_arrived()
-        self._hub.deliver_to_joined_after(item.run_id, Frame(sse.data_frame(item.data, event_id), event_id=event_id,
-                                                             ends_stream=item.ends_stream),
-                                          item.delivered_at, stored=item.data.startswith(DURABLE_PREFIXES))
+        self._deliver_late(item.run_id, late)
+
+    def _deliver_late(self, run_id: str, late: _LateFrame) -> None:
+        if self._hub is not None:
+            self._hub.deliver_to_joined_after(run_id, late.frame, late.delivered_at, stored=late.stored)
 
     async def _catch_up(self, read_streams: Callable[[List[Tuple[str, str]]], Awaitable[List[Any]]]) -> None:
         """Gap repair after a (re)connect: each run with listeners gets, from its stream, what
@@ -552,8 +578,9 @@ class RedisBus(Bus):
         # Subscribed first, read second: nothing published in between is missed.
         await asyncio.gather(*(self.wait_subscribed(run_id, CONNECT_TIMEOUT_S) for run_id in runs))
         await self._repair_from_history(runs, read_streams)
-        if self._catching_up:  # runs that got listeners meanwhile had none before: nothing to repair
-            self._release_held()
+        # What is still held belongs to runs Redis confirmed late meanwhile: released by their own
+        # repair (``_repair_late``, next), never before it, or a stream would take their newer
+        # live frames first and then refuse the older ones the repair brings (found by the soak).
 
     def _schedule_late_repair(self, run_id: Optional[str]) -> None:
         """A run's channel confirmed after a stream stopped waiting for it: hold its live frames
@@ -571,7 +598,7 @@ class RedisBus(Bus):
         """Gap repair for runs whose channel Redis confirmed late (on the sender's connections)."""
         runs, self._late_repairs = sorted(self._late_repairs), set()
         for run_id in runs:
-            self._catching_up.setdefault(run_id, [])  # a reconnect's repair may have released it
+            self._catching_up.setdefault(run_id, [])  # a disconnect may have released it
         await self._repair_from_history(runs, read_streams)
 
     async def _repair_from_history(self, runs: List[str],
@@ -587,11 +614,17 @@ class RedisBus(Bus):
     def _repair(self, run_id: str, rows: Any) -> None:
         self._deliver_arrived()
         held = self._catching_up.pop(run_id, None)
+        late_frames = self._late_frames.pop(run_id, {})
         if held is None or self._hub is None:
             return
         for entry, origin in entries_of(rows):
             if origin == self._delivered_here_origin:
-                continue  # published late by this instance: its listeners had it at once
+                # Published late by this instance: its listeners had it at once, except those
+                # that came after, if it was published while this run was held.
+                late = late_frames.get(entry.event_id)
+                if late is not None:
+                    self._deliver_late(run_id, late)
+                continue
             if jsontext.nests_deeper(entry.data):  # not written by a publisher of this project
                 self._ignore_too_deep()
                 continue
@@ -621,7 +654,10 @@ class RedisBus(Bus):
     def _release_held(self) -> None:
         self._deliver_arrived()
         catching_up, self._catching_up = self._catching_up, {}
+        late_frames, self._late_frames = self._late_frames, {}
         for run_id, held in catching_up.items():
+            for late in late_frames.get(run_id, {}).values():
+                self._deliver_late(run_id, late)
             for frame in held:
                 if self._hub is not None:
                     self._hub.deliver(run_id, frame)
