@@ -101,8 +101,7 @@ class ClusterSession:
         tasks: List[asyncio.Task[None]] = []
         closables: List[Any] = []
         try:
-            bus._deliver_arrived()
-            bus._catching_up = {run_id: [] for run_id in (bus._hub.runs if bus._hub is not None else ())}
+            bus._begin_session()
             for node in masters:
                 publisher = self._publishers[node] = self._client(node, max_connections=1)
                 self._scripts[node] = publisher.register_script(bus._cluster_publish_call.script)

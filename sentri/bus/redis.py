@@ -179,6 +179,9 @@ class RedisBus(Bus):
         # timed out): once confirmed, they are caught up from history like after a reconnect.
         self._unconfirmed: Set[str] = set()
         self._late_repairs: Set[str] = set()
+        # Runs to repair from no later than this id, whatever their streams have: a stream went
+        # on without its history read (``repair_unread_history``).
+        self._repair_floors: Dict[str, str] = {}
         # Outage events published while their run was held, by run and id: those streams that
         # came after they were delivered here get them from the run's repair (``_repair``).
         self._late_frames: Dict[str, Dict[str, _LateFrame]] = {}
@@ -286,6 +289,20 @@ class RedisBus(Bus):
                 waiters.remove(future)
                 if not waiters:
                     del self._waiters[channel]
+
+    def repair_unread_history(self, run_id: str, registered_at: float) -> None:
+        """Repair the run from shortly before the stream registered, once Redis confirms its
+        channel (at once when it has): a stream whose history read failed (Redis busy or away)
+        had, in its snapshot, only what was stored; an event published between its request and
+        the subscription taking effect reached it neither way (found by the soak's start-up
+        storm, where the history connections ran out)."""
+        floor = _id_before(registered_at)
+        current = self._repair_floors.get(run_id)
+        if current is None or id_key(floor) < id_key(current):  # type: ignore[operator]
+            self._repair_floors[run_id] = floor
+        self._unconfirmed.add(run_id)
+        if wire.run_channel(run_id) in self._confirmed:
+            self._schedule_late_repair(run_id)
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """Until the relay is connected (tests, start-up checks); False after the timeout."""
@@ -410,11 +427,7 @@ class RedisBus(Bus):
         if changed is None or ready is None:
             raise RuntimeError("RedisBus.start() was not called")
         try:
-            # From now on, live frames for runs with listeners wait until their gap is repaired.
-            self._deliver_arrived()
-            self._catching_up = {run_id: [] for run_id in (self._hub.runs if self._hub is not None else ())}
-            self._unconfirmed.clear()  # the reconnect's repair covers every run with listeners
-            self._late_repairs.clear()
+            self._begin_session()
             await asyncio.wait_for(pubsub.subscribe(wire.TOKEN_REVOKED_CHANNEL), CONNECT_TIMEOUT_S)
             self._last_heard = time.monotonic()
             tasks = [
@@ -431,6 +444,15 @@ class RedisBus(Bus):
             # close() cancels the supervisor again every 50 ms (redis-py can swallow a cancel);
             # a second cancel must not cut this cleanup short, or tasks and sockets outlive it.
             await cancel_safe.finish(self._end_session(tasks, pubsub, subscriber, publisher))  # bounded
+
+    def _begin_session(self) -> None:
+        """From now on, live frames for runs with listeners wait until their gap is repaired."""
+        self._deliver_arrived()
+        self._catching_up = {run_id: [] for run_id in (self._hub.runs if self._hub is not None else ())}
+        self._unconfirmed.clear()  # the reconnect's repair covers every run with listeners
+        self._late_repairs.clear()
+        self._repair_floors = {run_id: floor for run_id, floor in self._repair_floors.items()
+                               if run_id in self._catching_up}
 
     async def _end_session(self, tasks: List[asyncio.Task[None]], *closables: Any) -> None:
         """Cancel the session's tasks, then close its pub/sub objects and clients, in that order."""
@@ -615,6 +637,7 @@ class RedisBus(Bus):
         self._deliver_arrived()
         held = self._catching_up.pop(run_id, None)
         late_frames = self._late_frames.pop(run_id, {})
+        self._repair_floors.pop(run_id, None)
         if held is None or self._hub is None:
             return
         for entry, origin in entries_of(rows):
@@ -646,9 +669,11 @@ class RedisBus(Bus):
             # Redis's clock in ms): a done published meanwhile must still end it.
             newest = self._hub.newest_id(run_id)
             if newest is None:
-                registered_s = time.time() - (time.monotonic() - min(stream.opened_at for stream in positionless))
-                newest = f"{int((registered_s - POSITIONLESS_MARGIN_S) * 1000)}-0"
+                newest = _id_before(min(stream.opened_at for stream in positionless))
             known.append((id_key(newest), newest))  # type: ignore[arg-type]
+        floor = self._repair_floors.get(run_id)
+        if floor is not None:
+            known.append((id_key(floor), floor))  # type: ignore[arg-type]
         return min(known)[1] if known else None
 
     def _release_held(self) -> None:
@@ -804,6 +829,13 @@ class RedisBus(Bus):
         self._waiters.clear()
         if was_connected and self._state_changed is not None:
             self._state_changed.set()
+
+
+def _id_before(registered_at: float) -> str:
+    """A Redis id from shortly before ``registered_at`` (``time.monotonic()``): Redis ids begin
+    with Redis's clock in ms, so the margin allows for this host's clock being a little ahead."""
+    registered_s = time.time() - (time.monotonic() - registered_at)
+    return f"{int((registered_s - POSITIONLESS_MARGIN_S) * 1000)}-0"
 
 
 def _text(value: Any) -> Optional[str]:
