@@ -145,7 +145,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
         # Reserved (live events held) before history is read, history before the database.
         plan = await plan_start(hub.history, run_id, self._last_event_id())
         if stream is not None and not plan.history_answered:
-            context.bus.repair_unread_history(run_id, stream.opened_at)
+            context.bus.repair_unread_history(run_id, stream.opened_at, plan.client_through)
         lookup = await self._look_up(identity, run_id, stream, include_snapshot=not plan.replays,
                                      reserved=stream is not None, history_id=plan.snapshot_id)
         try:

@@ -42,6 +42,7 @@ class StartPlan:
     done_id: Optional[str] = None  # the id of the run's ``done`` in history, if there is one
     replay_from: Optional[str] = None  # the client's id, when it is in history
     history_answered: bool = True  # False: history could not be read (Redis away)
+    client_through: Optional[str] = None  # the client's id, when history could not be read
 
     @property
     def replays(self) -> bool:
@@ -61,7 +62,9 @@ class StartPlan:
         ``0-0`` when history was empty (every later event is new to it); None: unknown."""
         if self.replay is not None:
             return self.replayed_through
-        if self.snapshot_id is None and self.history_answered:
+        if not self.history_answered:
+            return self.client_through  # it has what it had: sending that again would repeat it
+        if self.snapshot_id is None:
             return NOTHING_YET
         return self.snapshot_id
 
@@ -106,12 +109,14 @@ def requested_id(header: Optional[str], query: Optional[str]) -> Optional[str]:
 async def plan_start(history: History, run_id: str, last_event_id: Optional[str]) -> StartPlan:
     """Decide between replay and snapshot; a history that fails means a snapshot, not an error."""
     asked = last_event_id is not None
+    valid_id = last_event_id if last_event_id is not None and len(last_event_id) <= MAX_ID_LENGTH \
+        and id_key(last_event_id) else None
     try:
         done_id = await history.done_id(run_id)
-        if asked and last_event_id is not None and len(last_event_id) <= MAX_ID_LENGTH and id_key(last_event_id):
-            replay = await history.replay_after(run_id, last_event_id)
+        if valid_id is not None:
+            replay = await history.replay_after(run_id, valid_id)
             if replay is not None:
-                plan = StartPlan(True, replay=replay, done_id=done_id, replay_from=last_event_id)
+                plan = StartPlan(True, replay=replay, done_id=done_id, replay_from=valid_id)
                 history.unavailable = False
                 return plan
         plan = StartPlan(asked, snapshot_id=await history.last_id(run_id), done_id=done_id)
@@ -119,7 +124,7 @@ async def plan_start(history: History, run_id: str, last_event_id: Optional[str]
         if not history.unavailable:  # one line per outage, not one per connect
             history.unavailable = True
             log.warning("history unavailable, sending snapshots until it answers (%s)", type(error).__name__)
-        return StartPlan(asked, history_answered=False)
+        return StartPlan(asked, history_answered=False, client_through=valid_id)
     if history.unavailable:
         history.unavailable = False
         log.info("history available again")

@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import time
+import types
 import warnings
 
 import pytest
@@ -510,6 +511,26 @@ def token_frame(token, event_id):
                           event_id)
 
 
+@contextlib.asynccontextmanager
+async def relay_with_a_gap(redis_server, run_id="RUN-1"):  # noqa: F811
+    """A connected relay (reconnecting 50 ms after a loss) with its hub, a worker publisher, and
+    two events of the run in history: ``read_through``, where a stream's history read ends, and
+    ``missed``, published after it, which only a repair can bring that stream."""
+    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=0.05, retry_max_s=0.05)
+    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
+    await bus.start()
+    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
+    try:
+        assert await bus.wait_connected(5.0)
+        read_through, _ = publisher.publish(run_id, "llm_token", {"token": "its history read ends here"})
+        missed, _ = publisher.publish(run_id, "llm_token", {"token": "before its channel was confirmed"})
+        yield types.SimpleNamespace(bus=bus, hub=hub, publisher=publisher, read_through=read_through,
+                                    missed=missed, expected=token_frame("before its channel was confirmed", missed))
+    finally:
+        publisher.close()
+        await bus.close()
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_stream_that_came_while_the_relay_was_reconnecting_is_caught_up_once_redis_confirms_its_channel(
         redis_server, monkeypatch, expect_log):  # noqa: F811
@@ -518,29 +539,20 @@ async def test_a_stream_that_came_while_the_relay_was_reconnecting_is_caught_up_
     # connected) and was in no repair: what was published after its history read and before
     # Redis took its SUBSCRIBE never reached it.
     expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
-    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=0.05, retry_max_s=0.05)
-    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
-    await bus.start()
-    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
     client = None
-    try:
-        assert await bus.wait_connected(5.0)
-        read_through, _ = publisher.publish("RUN-1", "llm_token", {"token": "its history read ends here"})
-        missed, _ = publisher.publish("RUN-1", "llm_token", {"token": "before its channel was confirmed"})
-        async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
-            stream, client = open_at(hub, "RUN-1", read_through)
-            assert await bus.wait_subscribed("RUN-1", 5.0) is False  # not connected: it does not wait
-        expected = token_frame("before its channel was confirmed", missed)
-        assert await read_exactly(client, len(expected)) == expected
-        after, _ = publisher.publish("RUN-1", "llm_token", {"token": "live"})
-        expected = token_frame("live", after)
-        assert await read_exactly(client, len(expected)) == expected
-        stream.close("done")
-    finally:
-        publisher.close()
-        await bus.close()
-        if client is not None:
-            client.close()
+    async with relay_with_a_gap(redis_server) as relay_:
+        try:
+            async with relay_reconnecting_with_redis_frozen(relay_.bus, redis_server, monkeypatch):
+                stream, client = open_at(relay_.hub, "RUN-1", relay_.read_through)
+                assert await relay_.bus.wait_subscribed("RUN-1", 5.0) is False  # not connected: no wait
+            assert await read_exactly(client, len(relay_.expected)) == relay_.expected
+            after, _ = relay_.publisher.publish("RUN-1", "llm_token", {"token": "live"})
+            expected = token_frame("live", after)
+            assert await read_exactly(client, len(expected)) == expected
+            stream.close("done")
+        finally:
+            if client is not None:
+                client.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -550,47 +562,40 @@ async def test_a_run_confirmed_late_during_a_reconnects_repair_gets_its_own_repa
     # late meanwhile included: its stream took the newer live frame first, then refused the
     # older ones its own repair brought (a stream never goes back in ids).
     expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
-    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=0.05, retry_max_s=0.05)
-    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
-    await bus.start()
-    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
     clients = []
-    try:
-        assert await bus.wait_connected(5.0)
-        early, early_client = live_stream(hub, "RUN-A")  # RUN-A is repaired by the reconnect
-        clients.append(early_client)
-        assert await bus.wait_subscribed("RUN-A", 5.0)
-        read_through, _ = publisher.publish("RUN-B", "llm_token", {"token": "its history read ends here"})
-        missed, _ = publisher.publish("RUN-B", "llm_token", {"token": "before its channel was confirmed"})
-        reconnect_repair_began, reconnect_repair_may_end = asyncio.Event(), asyncio.Event()
-        real_repair = bus._repair_from_history
+    async with relay_with_a_gap(redis_server, "RUN-B") as relay_:
+        bus, hub = relay_.bus, relay_.hub
+        try:
+            early, early_client = live_stream(hub, "RUN-A")  # RUN-A is repaired by the reconnect
+            clients.append(early_client)
+            assert await bus.wait_subscribed("RUN-A", 5.0)
+            reconnect_repair_began, reconnect_repair_may_end = asyncio.Event(), asyncio.Event()
+            real_repair = bus._repair_from_history
 
-        async def repair_held_back(runs, read_streams):
-            if runs == ["RUN-A"]:  # the reconnect's: it ends once RUN-B's live frame is held
-                reconnect_repair_began.set()
-                await reconnect_repair_may_end.wait()
-            await real_repair(runs, read_streams)
+            async def repair_held_back(runs, read_streams):
+                if runs == ["RUN-A"]:  # the reconnect's: it ends once RUN-B's live frame is held
+                    reconnect_repair_began.set()
+                    await reconnect_repair_may_end.wait()
+                await real_repair(runs, read_streams)
 
-        monkeypatch.setattr(bus, "_repair_from_history", repair_held_back)
-        with redis_server.client() as admin:
-            admin.client_kill_filter(_type="pubsub")
-        await asyncio.wait_for(reconnect_repair_began.wait(), 10.0)
-        late, late_client = open_at(hub, "RUN-B", read_through)
-        clients.append(late_client)
-        assert await bus.wait_subscribed("RUN-B", 0.0) is False  # it did not wait
-        await wait_until(lambda: "sentri:run:RUN-B" in bus._confirmed, what="RUN-B confirmed")
-        live, _ = publisher.publish("RUN-B", "llm_token", {"token": "live"})
-        await wait_until(lambda: bus._catching_up.get("RUN-B"), what="the live frame held")
-        reconnect_repair_may_end.set()
-        expected = token_frame("before its channel was confirmed", missed) + token_frame("live", live)
-        assert await read_exactly(late_client, len(expected)) == expected
-        early.close("done")
-        late.close("done")
-    finally:
-        publisher.close()
-        await bus.close()
-        for client in clients:
-            client.close()
+            monkeypatch.setattr(bus, "_repair_from_history", repair_held_back)
+            with redis_server.client() as admin:
+                admin.client_kill_filter(_type="pubsub")
+            await asyncio.wait_for(reconnect_repair_began.wait(), 10.0)
+            late, late_client = open_at(hub, "RUN-B", relay_.read_through)
+            clients.append(late_client)
+            assert await bus.wait_subscribed("RUN-B", 0.0) is False  # it did not wait
+            await wait_until(lambda: "sentri:run:RUN-B" in bus._confirmed, what="RUN-B confirmed")
+            live, _ = relay_.publisher.publish("RUN-B", "llm_token", {"token": "live"})
+            await wait_until(lambda: bus._catching_up.get("RUN-B"), what="the live frame held")
+            reconnect_repair_may_end.set()
+            expected = relay_.expected + token_frame("live", live)
+            assert await read_exactly(late_client, len(expected)) == expected
+            early.close("done")
+            late.close("done")
+        finally:
+            for client in clients:
+                client.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -601,29 +606,21 @@ async def test_an_outage_event_reaches_a_stream_that_came_after_it_in_id_order_w
     # repair just then (its channel confirmed during the publish), they got it before the
     # repair's older events, and then refused those (found reading the soak's losses).
     expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
-    bus = RedisBus(redis_server.url, INSTANCE, retry_base_s=0.05, retry_max_s=0.05)
-    hub = Hub(heartbeat_interval_s=30.0, max_listeners_per_run=10, max_writable_bytes=1 << 20, bus=bus)
-    await bus.start()
-    publisher = RunEventPublisher(redis_server.url, origin="worker_edges")
     client = None
-    try:
-        assert await bus.wait_connected(5.0)
-        read_through, _ = publisher.publish("RUN-1", "llm_token", {"token": "its history read ends here"})
-        missed, _ = publisher.publish("RUN-1", "llm_token", {"token": "before its channel was confirmed"})
-        async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
-            answer = bus.publish_event("RUN-1", b'{"type":"llm_token","token":"kept here"}', False)
-            assert await answer is None  # answered without an id, kept for Redis
-            stream, client = open_at(hub, "RUN-1", read_through)
-            assert await bus.wait_subscribed("RUN-1", 5.0) is False
-        await wait_until(lambda: bus.published == 1, what="the kept event published")
-        with redis_server.client() as admin:
-            (kept_id, _), = admin.xrevrange(stream_key("RUN-1"), count=1)
-        expected = token_frame("before its channel was confirmed", missed) + token_frame("kept here",
-                                                                                          kept_id.decode())
-        assert await read_exactly(client, len(expected)) == expected
-        stream.close("done")
-    finally:
-        publisher.close()
-        await bus.close()
-        if client is not None:
-            client.close()
+    async with relay_with_a_gap(redis_server) as relay_:
+        bus = relay_.bus
+        try:
+            async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
+                answer = bus.publish_event("RUN-1", b'{"type":"llm_token","token":"kept here"}', False)
+                assert await answer is None  # answered without an id, kept for Redis
+                stream, client = open_at(relay_.hub, "RUN-1", relay_.read_through)
+                assert await bus.wait_subscribed("RUN-1", 5.0) is False
+            await wait_until(lambda: bus.published == 1, what="the kept event published")
+            with redis_server.client() as admin:
+                (kept_id, _), = admin.xrevrange(stream_key("RUN-1"), count=1)
+            expected = relay_.expected + token_frame("kept here", kept_id.decode())
+            assert await read_exactly(client, len(expected)) == expected
+            stream.close("done")
+        finally:
+            if client is not None:
+                client.close()

@@ -167,25 +167,47 @@ class TestUnresponsive:
 
 
 class TestHistoryUnreadable:
+    """Found by the soak's start-up storm, where the history's connections ran out: a stream whose
+    history read failed had, in its snapshot, only what was stored, and an event published between
+    its request and Redis taking its SUBSCRIBE reached it neither way. Here the history may not read
+    (XREVRANGE refused), and the events are in history but never on the channel."""
+
     @pytest.fixture
     def settings(self, settings, redis_server):  # noqa: F811
         return settings.replace(redis_url=redis_server.url, **FAST)
 
-    @pytest.mark.gen_test(timeout=60)
-    async def test_a_stream_whose_history_read_failed_is_repaired_from_shortly_before_it_registered(
-            self, port, context, world, redis_server, expect_log):  # noqa: F811
-        # Found by the soak's start-up storm, where the history's connections ran out: such a
-        # stream had in its snapshot only what was stored, and an event published between its
-        # request and Redis taking its SUBSCRIBE reached it neither way. Here the history may
-        # not read (XREVRANGE refused), and the event is in history but never on the channel.
-        expect_log("sentri.resume", r"history unavailable, sending snapshots until it answers \(NoPermissionError\)")
-        assert await context.bus.wait_connected(5.0)
+    @staticmethod
+    def unpublished(redis_server, *tokens):  # noqa: F811
+        """Events stored in the run's history and never published; their ids."""
         with redis_server.client() as admin:
             admin.execute_command("ACL", "SETUSER", "default", "-xrevrange")
-            unseen = admin.xadd(stream_key("RUN-1"), {"d": b'{"type":"llm_token","token":"not on the channel"}',
-                                                       "o": "worker_test"}).decode()
-        response = await open_live(port, world)
+            return [admin.xadd(stream_key("RUN-1"), {"d": b'{"type":"llm_token","token":"%s"}' % token.encode(),
+                                                     "o": "worker_test"}).decode() for token in tokens]
+
+    @staticmethod
+    async def next_data_frame(response):
         frame = await response.next_frame()
         while frame.startswith(b":"):  # heartbeats
             frame = await response.next_frame()
-        assert frame == sse.data_frame(b'{"type":"llm_token","token":"not on the channel"}', unseen)
+        return frame
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_a_new_stream_whose_history_read_failed_is_repaired_from_shortly_before_it_registered(
+            self, port, context, world, redis_server, expect_log):  # noqa: F811
+        expect_log("sentri.resume", r"history unavailable, sending snapshots until it answers \(NoPermissionError\)")
+        assert await context.bus.wait_connected(5.0)
+        unseen, = self.unpublished(redis_server, "not on the channel")
+        response = await open_live(port, world)
+        assert await self.next_data_frame(response) == sse.data_frame(
+            b'{"type":"llm_token","token":"not on the channel"}', unseen)
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_a_resumed_stream_whose_history_read_failed_is_repaired_from_its_id_without_repeats(
+            self, port, context, world, redis_server, expect_log):  # noqa: F811
+        expect_log("sentri.resume", r"history unavailable, sending snapshots until it answers \(NoPermissionError\)")
+        assert await context.bus.wait_connected(5.0)
+        had, unseen = self.unpublished(redis_server, "the client had it", "not on the channel")
+        response = await open_live(port, world, headers={"Last-Event-ID": had})
+        assert response.headers["sentri-resume"] == "snapshot"
+        assert await self.next_data_frame(response) == sse.data_frame(
+            b'{"type":"llm_token","token":"not on the channel"}', unseen)

@@ -73,10 +73,11 @@ class Bus:
         """
         return True
 
-    def repair_unread_history(self, run_id: str, registered_at: float) -> None:
+    def repair_unread_history(self, run_id: str, registered_at: float, client_through: Optional[str]) -> None:
         """A stream of the run went on without its history read (the history could not answer):
-        what was published after it registered (``time.monotonic()``) and before this process
-        was subscribed is in neither its snapshot nor its live events. In process, nothing is."""
+        what was published after it registered (``time.monotonic()``), or after the id its
+        client resumed from, and before this process was subscribed is in neither its snapshot
+        nor its live events. In process, nothing is."""
 
     @property
     def connected(self) -> bool:

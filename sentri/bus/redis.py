@@ -290,13 +290,14 @@ class RedisBus(Bus):
                 if not waiters:
                     del self._waiters[channel]
 
-    def repair_unread_history(self, run_id: str, registered_at: float) -> None:
-        """Repair the run from shortly before the stream registered, once Redis confirms its
-        channel (at once when it has): a stream whose history read failed (Redis busy or away)
-        had, in its snapshot, only what was stored; an event published between its request and
-        the subscription taking effect reached it neither way (found by the soak's start-up
-        storm, where the history connections ran out)."""
-        floor = _id_before(registered_at)
+    def repair_unread_history(self, run_id: str, registered_at: float, client_through: Optional[str]) -> None:
+        """Repair the run from the id its client resumed from or, for a new client, from shortly
+        before the stream registered, once Redis confirms its channel (at once when it has): a
+        stream whose history read failed (Redis busy or away) had, in its snapshot, only what
+        was stored; an event published between its request and the subscription taking effect
+        reached it neither way (found by the soak's start-up storm, where the history
+        connections ran out)."""
+        floor = client_through or _id_before(registered_at)
         current = self._repair_floors.get(run_id)
         if current is None or id_key(floor) < id_key(current):  # type: ignore[operator]
             self._repair_floors[run_id] = floor
