@@ -176,6 +176,8 @@ class Load:
         merged["client_max_cpu_pct"] = round(max((r["cpu_user_s"] + r["cpu_sys_s"]) / max(r["wall_s"], 0.001) * 100
                                                  for r in results), 1)
         merged["client_procs"] = len(results)
+        merged["timeouts"] = sum(r.get("timeouts", 0) for r in results)
+        merged["first_error"] = next((r["first_error"] for r in results if r.get("first_error")), "")
         return merged
 
 
@@ -287,6 +289,8 @@ def storm_under_load(harness: str, tok: str, storm_n: int, held: int = 1000, rat
                 "latency_max_ms": result["latency_max_ms"], "newcomers_connected": newcomer_result["connected"],
                 "newcomers_snapshots": newcomer_result["snapshots"], "newcomers_all_streaming": newcomers_ready,
                 "newcomers_wall_until_all_streaming_s": round(newcomers_s, 2),
+                "newcomers_failed": newcomer_result["failed_connects"],
+                "newcomers_first_error": newcomer_result["first_error"],
                 "publisher": json.loads(out.strip().splitlines()[-1]), "diag": server.diag_lines()[-4:]}
     finally:
         server.stop()

@@ -33,12 +33,10 @@ from typing import Any, Dict, List, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the project root, when run as a script
 
-import tornado.httpserver  # noqa: E402
-import tornado.netutil  # noqa: E402
 import tornado.web  # noqa: E402
 
 from sentri import app as sentri_app  # noqa: E402
-from sentri.cli import LISTEN_BACKLOG  # noqa: E402
+from sentri.cli import listen  # noqa: E402
 from sentri.config import Settings, load_settings  # noqa: E402
 from sentri.context import Context  # noqa: E402
 from sentri.logs import configure_logging  # noqa: E402
@@ -170,9 +168,7 @@ async def serve(context: Context) -> None:
     application = sentri_app.make_app(context)
     if os.environ.get("SENTRI_BENCH_EMIT") == "1":
         application.wildcard_router.add_rules(bench_routes(context))
-    sockets = tornado.netutil.bind_sockets(context.settings.port, context.settings.host, backlog=LISTEN_BACKLOG)
-    server = tornado.httpserver.HTTPServer(application, xheaders=True, max_header_size=16 * 1024)
-    server.add_sockets(sockets)
+    server = listen(context, application)
     await sentri_app.start(context)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,10 +16,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import tornado.httpserver
 import tornado.netutil
+import tornado.web
 
 from . import __version__
+from .accept import HTTPServer
 from .app import build_context, make_app, start, stop
 from .config import Settings, SettingsError, add_setting_flags, load_settings
 from .context import Context
@@ -100,7 +101,7 @@ def demo_secret(data_dir: str) -> str:
         return handle.read().strip()
 
 
-def listen(context: Context) -> tornado.httpserver.HTTPServer:
+def listen(context: Context, application: Optional[tornado.web.Application] = None) -> HTTPServer:
     settings = context.settings
     try:
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
@@ -108,12 +109,14 @@ def listen(context: Context) -> tornado.httpserver.HTTPServer:
         if error.errno == errno.EADDRINUSE:
             raise SettingsError(f"PORT: {settings.host}:{settings.port} is already in use") from None
         raise SettingsError(f"cannot listen on {settings.host}:{settings.port}: {error.strerror}") from None
-    server = tornado.httpserver.HTTPServer(make_app(context), xheaders=True, max_header_size=16 * 1024)
+    server = HTTPServer(application or make_app(context), xheaders=True, max_header_size=16 * 1024)
+    if context.metrics is not None:
+        server.on_accept_pause = context.metrics.accept_pauses.inc
     server.add_sockets(sockets)
     return server
 
 
-def bound_port(server: tornado.httpserver.HTTPServer) -> int:
+def bound_port(server: HTTPServer) -> int:
     return int(next(iter(server._sockets.values())).getsockname()[1])
 
 

@@ -92,6 +92,10 @@ class Metrics(HubObserver):
             registry=registry,
         )
         self.heartbeats = Counter("sentri_heartbeats", "Heartbeat comments sent.", registry=registry)
+        self.accept_pauses = Counter(
+            "sentri_accept_pauses", "Times accepting stopped for a moment: the process had no file descriptor left.",
+            registry=registry,
+        )
         self.resume_outcomes = Counter(
             "sentri_resume_outcomes", "Last-Event-ID resumes, by outcome.", ["outcome"], registry=registry
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -101,9 +102,10 @@ class Nginx:
 class Instance:
     """One ``sentri serve`` subprocess, JSON logs to a stderr file in the session log folder."""
 
-    def __init__(self, env: Dict[str, str], log_dir: str) -> None:
+    def __init__(self, env: Dict[str, str], log_dir: str, open_files: Optional[int] = None) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env, "PORT": str(self.port)}
+        self.open_files = open_files  # the process's RLIMIT_NOFILE (``ulimit -n``); None: inherited
         self.stderr_path = os.path.join(log_dir, f"sentri-serve-{self.port}.stderr")
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
@@ -114,7 +116,8 @@ class Instance:
         for attempt in range(attempts):
             with open(self.stderr_path, "ab") as stderr:
                 self.process = subprocess.Popen([sys.executable, "-m", "sentri.cli", "serve"], env=self.env,
-                                                stderr=stderr, stdout=subprocess.DEVNULL)
+                                                stderr=stderr, stdout=subprocess.DEVNULL,
+                                                preexec_fn=self._limit_open_files)
             try:
                 wait_for_port(self.port, timeout_s=timeout_s, process=self.process)
                 return self
@@ -124,6 +127,10 @@ class Instance:
                 self.port = free_port()
                 self.env["PORT"] = str(self.port)
         return self  # pragma: no cover - the loop returns or raises
+
+    def _limit_open_files(self) -> None:
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def log_lines(self) -> List[str]:
         with open(self.stderr_path, encoding="utf-8") as handle:
