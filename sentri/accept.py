@@ -11,6 +11,18 @@ Here the same accept loop, on a resource error (``EMFILE``, ``ENFILE``, ``ENOBUF
 waiting connections stay in the backlog (nothing is refused or reset); each one is accepted as
 soon as a stream ends and frees a descriptor. One warning is logged when a pause starts and
 one line when accepting works again, with how long it waited: never one per attempt.
+
+The second thing it changes is where a storm waits. A reconnect storm is 19,000 SYNs within a
+fraction of a second, and the kernel's accept queue holds ``somaxconn`` (4,096 here): every
+SYN past it is dropped, and its client tries again after 1, 3, 7, 15 s. Tornado accepts 128
+connections and serves each before it accepts more, so the kernel queue stayed full and a
+storm finished in SYN-retry steps (5.3, 7.4 or 11.8 s for the same 19,000 clients). Here a
+readiness event only accepts (a system call and a socket object, about 10 us each), up to
+``ACCEPTS_PER_EVENT``, into a queue of our own; another callback hands ``HANDOVERS_PER_TURN``
+of them to Tornado per loop turn, in order. The kernel's queue is emptied as fast as clients
+fill it, so they wait in our queue (connected, their request in the socket buffer) instead of
+in SYN retries, and the loop's other work (events for the open streams) still gets a turn
+between every batch.
 """
 
 from __future__ import annotations
@@ -19,7 +31,8 @@ import errno
 import logging
 import socket
 import time
-from typing import Callable, Iterable, Optional
+from collections import deque
+from typing import Callable, Deque, Iterable, Optional, Tuple
 
 import tornado.httpserver
 from tornado.ioloop import IOLoop
@@ -31,9 +44,13 @@ OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 # Long enough that a full backlog costs a few wake-ups a second, short enough that a freed
 # descriptor is used before the waiting client's own timeout.
 PAUSE_S = 0.25
-# Connections taken per readiness event, as Tornado does: the loop's other work (events for
-# the open streams) gets its turn between batches during a storm.
-ACCEPTS_PER_EVENT = 128
+# Connections accepted per readiness event: about 10 ms of accept() at most, so a full kernel
+# queue (4,096) is emptied in four loop turns.
+ACCEPTS_PER_EVENT = 1024
+# Accepted connections handed to Tornado per loop turn: about 10 ms of serving, then the loop's
+# other work gets its turn. 64 rather than Tornado's 128: in the storm-under-load benchmark the
+# open streams' p99 went from 92 to 43 ms, and the storm itself ended sooner (5.2 -> 4.5 s).
+HANDOVERS_PER_TURN = 64
 
 
 class _Acceptor:
@@ -49,6 +66,8 @@ class _Acceptor:
         self.removed = False
         self.watching = False
         self.paused_at = 0.0  # when the current pause began (monotonic); 0 when accepting
+        self.accepted: Deque[Tuple[socket.socket, object]] = deque()  # not yet handed to Tornado
+        self.handing_over = False
 
     def watch(self) -> None:
         if not self.removed:
@@ -56,6 +75,7 @@ class _Acceptor:
             self.loop.add_handler(self.sock, self.on_readable, IOLoop.READ)
 
     def remove(self) -> None:
+        """Stop accepting; connections already accepted are still handed over (and answered)."""
         if self.watching:
             self.loop.remove_handler(self.sock)
         self.removed = True
@@ -64,22 +84,35 @@ class _Acceptor:
     def on_readable(self, fd: object, events: int) -> None:
         for _ in range(ACCEPTS_PER_EVENT):
             if self.removed:
-                return
+                break
             try:
                 connection, address = self.sock.accept()
             except BlockingIOError:
-                return
+                break
             except ConnectionAbortedError:
                 continue
             except OSError as error:
                 if error.errno not in OUT_OF_RESOURCES:
                     raise
                 self.pause(error)
-                return
+                break
             if self.paused_at:
                 log.warning("accepting again after %.1f s at the open-files limit", time.monotonic() - self.paused_at)
                 self.paused_at = 0.0
+            self.accepted.append((connection, address))
+        if self.accepted and not self.handing_over:
+            self.handing_over = True
+            self.loop.add_callback(self.hand_over)
+
+    def hand_over(self) -> None:
+        accepted = self.accepted
+        for _ in range(min(HANDOVERS_PER_TURN, len(accepted))):
+            connection, address = accepted.popleft()
             self.callback(connection, address)
+        if accepted:
+            self.loop.add_callback(self.hand_over)
+        else:
+            self.handing_over = False
 
     def pause(self, error: OSError) -> None:
         self.loop.remove_handler(self.sock)
