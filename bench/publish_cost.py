@@ -44,7 +44,7 @@ RUNS = 100
 BODY = '{{"type":"log","ts":{ts},"seq":{seq},"message":"bench log line {seq} for run {run}"}}'
 
 
-async def listen(port: int, token: str, run: int, ready: "asyncio.Queue[bool]") -> None:
+async def listen(port: int, token: str, run: int, ready: asyncio.Queue[bool]) -> None:
     """One stream: its head, then everything read and dropped until the connection ends."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET /api/v1/runs/run-{run}/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
@@ -91,7 +91,7 @@ def stored_lines(database: str) -> int:
         return int(connection.execute("SELECT COUNT(*) FROM run_logs WHERE seq > 3").fetchone()[0])
 
 
-def profiler(pid: int, output: str) -> "subprocess.Popen[bytes]":
+def profiler(pid: int, output: str) -> subprocess.Popen[bytes]:
     """py-spy sampling the server (every thread, idle ones left out) until it is sent SIGINT."""
     return subprocess.Popen(["py-spy", "record", "-r", "250", "--format", "raw", "-o", output, "--pid", str(pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
