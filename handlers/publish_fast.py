@@ -1,12 +1,12 @@
 """``POST /api/v1/runs/{runId}/events`` without a ``RequestHandler`` for the publishes that are accepted.
 
 Producers publish one stored ``log`` per request by the thousand a second, and the request
-was CPU-bound on the IOLoop: a ``RequestHandler`` per publish (its construction, header
-defaults, ``_execute`` task, ``finish``/``flush``) cost about as much Python as reading the
-body, checking it and delivering the event to ten listeners (``bench/publish_cost.py``,
-bench/results/publish-fastpath.md). Here Tornado's HTTP/1 layer hands the parsed request to
-a small ``HTTPMessageDelegate`` that runs the checks of ``handlers/publish_api.py`` (the same
-functions, in the same order) and writes the ``202`` itself.
+was CPU-bound on the IOLoop: a ``RequestHandler`` per publish (its construction and header
+defaults, routing to it, its ``_execute`` task, ``finish``/``flush``) was about a fifth of the
+IOLoop thread's time per publish (py-spy over ``bench/publish_cost.py``). Here Tornado's
+HTTP/1 layer hands the parsed request to a small ``HTTPMessageDelegate`` that runs the checks
+of ``handlers/publish_api.py`` (the same functions, in the same order) and writes the ``202``
+itself.
 
 Everything else keeps the handler pipeline, so its bytes, warnings and access lines are those
 of the route's ``PublishEventHandler``:
@@ -16,7 +16,8 @@ of the route's ``PublishEventHandler``:
   run id is not UTF-8, is handed to ``PublishEventHandler`` before its body is read;
 * a refusal found later (a bad body, an unknown run, a database that fails, the 503 and 504
   of a stopping instance, anything unexpected: a 500) is raised or written by ``PublishAnswer``,
-  a ``JsonHandler`` run through Tornado's own pipeline, as ``RunEventsAnswer`` does for streams.
+  a ``JsonHandler`` run through Tornado's own ``_execute``, as ``RunEventsAnswer`` does for
+  streams (awaited in the publish's own task, so it goes out in the same loop turn).
 
 A ``202`` still means committed: the delegate awaits the same ``publish_events`` as the handler.
 """
