@@ -13,6 +13,7 @@ from sentri.sse import dumps_js
 
 # A draining or exiting instance's answer to any request it will not serve: retry elsewhere.
 SHUTTING_DOWN = {"error": "server is shutting down", "retryAfter": 1}
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
 class ApiError(tornado.web.HTTPError):
@@ -45,7 +46,7 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
         self.finish(dumps_js(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -59,7 +60,7 @@ class JsonHandler(tornado.web.RequestHandler):
         if isinstance(body.get("retryAfter"), int):
             # send_error cleared the headers set before the raise: the body's hint is the source.
             self.set_header("Retry-After", str(body["retryAfter"]))
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
         self.finish(dumps_js(body))
 
 

@@ -21,10 +21,12 @@ import json
 from typing import Any, Dict, List, Optional, Tuple
 
 import tornado.web
+from tornado import httputil
 from tornado.routing import Matcher, PathMatches
 
 from sentri import jsontext
-from sentri.event_intake import InvalidEventError, PreparedEvent, prepare
+from sentri.config import Settings
+from sentri.event_intake import InvalidEventError, PreparedEvent, Publisher, prepare
 from sentri.group_commit import RunNotFoundError, ShuttingDownError
 
 from .base import SHUTTING_DOWN, ApiError, JsonHandler
@@ -80,30 +82,85 @@ class MethodAndPath(Matcher):
         return self.path.reverse(*args)
 
 
+def head_refusal(settings: Settings, headers: httputil.HTTPHeaders) -> Optional[ApiError]:
+    """Checks 1-4, on the head alone: the error to answer before a byte of the body is read, or None."""
+    expected = settings.publish_token
+    if not expected:
+        return ApiError(404, NOT_FOUND)
+    scheme, _, given = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return ApiError(401, TOKEN_REQUIRED)
+    if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected.encode("utf-8")):
+        return ApiError(401, TOKEN_INVALID)
+    declared = headers.get("Content-Length")
+    if declared is not None and (not declared.isdigit() or int(declared) > settings.publish_max_bytes):
+        return ApiError(413, too_large(settings.publish_max_bytes))
+    return None
+
+
+def read_events(raw: bytes, content_type: str, settings: Settings) -> Tuple[List[PreparedEvent], bool]:
+    """Checks 6-9 on a whole body: its events, checked and in published form, and whether it
+    is a batch (an array, or NDJSON); raises the ``ApiError`` of the first check that fails."""
+    items, batch = _parse(raw, content_type)
+    if batch and not items:
+        raise ApiError(400, EMPTY_BATCH)
+    max_events = settings.publish_max_events
+    if len(items) > max_events:
+        raise ApiError(413, {"error": "too many events in one request", "maxEvents": max_events})
+    # No event can be larger than the whole body: only a large body is measured per event.
+    max_event = settings.publish_max_event_bytes
+    measure = len(raw) > max_event
+    events = [_check(item, index if batch else None, max_event if measure else 0)
+              for index, item in enumerate(items)]
+    return events, batch
+
+
+async def publish_events(publisher: Optional[Publisher], run_id: str,
+                         events: List[PreparedEvent]) -> List[Optional[str]]:
+    """Checks 10-11 and the publish: the events' ids once they are committed and delivered.
+
+    Raises the ``ApiError`` to answer (404, 503); ``CancelledError`` passes through (the
+    process exits with the publish unfinished: the caller answers ``INTERRUPTED``).
+    """
+    if publisher is None:
+        raise ApiError(404, NOT_FOUND)
+    if len(run_id) > 128:
+        raise ApiError(404, RUN_NOT_FOUND)
+    try:
+        # The run's check rides in the database turn that stores the events (group commit).
+        return await publisher.publish_prepared(run_id, events, require_run=True)
+    except RunNotFoundError:
+        raise ApiError(404, RUN_NOT_FOUND) from None
+    except ShuttingDownError:
+        raise ApiError(503, SHUTTING_DOWN) from None
+    except Exception as error:  # the store refused the write: nothing was published; retry later
+        # Its Retry-After header comes from the body's retryAfter (JsonHandler.write_error).
+        raise ApiError(503, DATABASE_UNAVAILABLE, f"publish failed: {type(error).__name__}") from None
+
+
+def accepted(ids: List[Optional[str]], batch: bool) -> Dict[str, Any]:
+    """The 202's body."""
+    return {"ids": ids} if batch else {"id": ids[0]}
+
+
 @tornado.web.stream_request_body
 class PublishEventHandler(JsonHandler):
+    """The route's handler; ``handlers/publish_fast.py`` serves most publishes without it and
+    hands it the requests it does not take (``PublishRequest``)."""
+
     _body: List[bytes]
     _received = 0
     _too_large = False
 
     def prepare(self) -> None:
         # Runs before the body is read: refuse here and an oversized body is never buffered.
-        expected = self.context.settings.publish_token
-        if not expected:
-            raise ApiError(404, NOT_FOUND)
-        scheme, _, given = (self.request.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ApiError(401, TOKEN_REQUIRED)
-        if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected.encode("utf-8")):
-            raise ApiError(401, TOKEN_INVALID)
-        limit = self.context.settings.publish_max_bytes
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise ApiError(413, too_large(limit))
+        refusal = head_refusal(self.context.settings, self.request.headers)
+        if refusal is not None:
+            raise refusal
         # Tornado itself then stops a chunked body that grows past the limit.
         connection = self.request.connection
         if connection is not None and hasattr(connection, "set_max_body_size"):
-            connection.set_max_body_size(limit)
+            connection.set_max_body_size(self.context.settings.publish_max_bytes)
         self._body = []
 
     def data_received(self, chunk: bytes) -> None:
@@ -116,81 +173,60 @@ class PublishEventHandler(JsonHandler):
             self._body.append(chunk)
 
     async def post(self, run_id: str) -> None:
-        limit = self.context.settings.publish_max_bytes
+        settings = self.context.settings
         if self._too_large:
-            raise ApiError(413, too_large(limit))
-        raw = b"".join(self._body)
-        items, batch = self._parse(raw)
-        if batch and not items:
-            raise ApiError(400, EMPTY_BATCH)
-        max_events = self.context.settings.publish_max_events
-        if len(items) > max_events:
-            raise ApiError(413, {"error": "too many events in one request", "maxEvents": max_events})
-        # No event can be larger than the whole body: only a large body is measured per event.
-        max_event = self.context.settings.publish_max_event_bytes
-        measure = len(raw) > max_event
-        events = [self._check(item, index if batch else None, max_event if measure else 0)
-                  for index, item in enumerate(items)]
-        publisher = self.context.publisher
-        if publisher is None:
-            raise ApiError(404, NOT_FOUND)
+            raise ApiError(413, too_large(settings.publish_max_bytes))
+        events, batch = read_events(b"".join(self._body), self.request.headers.get("Content-Type", ""), settings)
         try:
-            if len(run_id) > 128:
-                raise ApiError(404, RUN_NOT_FOUND)
-            # The run's check rides in the database turn that stores the events (group commit).
-            ids = await publisher.publish_prepared(run_id, events, require_run=True)
-        except ApiError:
-            raise
-        except RunNotFoundError:
-            raise ApiError(404, RUN_NOT_FOUND) from None
-        except ShuttingDownError:
-            raise ApiError(503, SHUTTING_DOWN) from None
+            ids = await publish_events(self.context.publisher, run_id, events)
         except asyncio.CancelledError:
             # Answered here: Tornado answers its own cancelled request with a bare 500.
             self.set_header("Retry-After", "1")
             self.write_json(INTERRUPTED, status=504)
             raise
-        except Exception as error:  # the store refused the write: nothing was published; retry later
-            self.set_header("Retry-After", "1")
-            raise ApiError(503, DATABASE_UNAVAILABLE, f"publish failed: {type(error).__name__}") from None
-        self.write_json({"ids": ids} if batch else {"id": ids[0]}, status=202)
-
-    def _parse(self, raw: bytes) -> Tuple[List[Any], bool]:
-        """The body's events and whether it is a batch (an array, or NDJSON)."""
-        if is_ndjson(self.request.headers.get("Content-Type", "")):
-            lines = [line for line in raw.split(b"\n") if line.strip()]
-            return [self._loads(line, index) for index, line in enumerate(lines)], True
-        # An array holds its events one level down: the events themselves keep the bound.
-        batch = raw.lstrip()[:1] == b"["
-        body = self._loads(raw, None, jsontext.MAX_DEPTH + 1 if batch else jsontext.MAX_DEPTH)
-        if isinstance(body, list):
-            return body, True
-        return [body], False
-
-    @staticmethod
-    def _loads(raw: bytes, index: Optional[int], max_depth: int = jsontext.MAX_DEPTH) -> Any:
-        try:
-            return jsontext.loads(raw, max_depth)
-        except jsontext.TooDeepError:
-            raise ApiError(400, at(index, TOO_DEEP)) from None
-        except ValueError:  # a bad byte (UnicodeDecodeError) included
-            raise ApiError(400, at(index, NOT_JSON)) from None
-
-    @staticmethod
-    def _check(item: Any, index: Optional[int], max_event_bytes: int) -> PreparedEvent:
-        if not isinstance(item, dict):
-            raise ApiError(400, NOT_AN_OBJECT if index is None else at(index, NOT_AN_EVENT))
-        event_type = item.get("type")
-        if not isinstance(event_type, str):
-            raise ApiError(400, at(index, {"error": TYPE_REQUIRED}))
-        if max_event_bytes and encoded_size(item) > max_event_bytes:
-            raise ApiError(413, at(index, {"error": "event too large", "maxBytes": max_event_bytes}))
-        try:
-            return PreparedEvent(event_type, *prepare(event_type, item))
-        except InvalidEventError as error:
-            raise ApiError(400, at(index, {"error": str(error)})) from None
+        self.write_json(accepted(ids, batch), status=202)
 
 
+def _parse(raw: bytes, content_type: str) -> Tuple[List[Any], bool]:
+    """The body's events and whether it is a batch (an array, or NDJSON)."""
+    if is_ndjson(content_type):
+        lines = [line for line in raw.split(b"\n") if line.strip()]
+        return [_loads(line, index) for index, line in enumerate(lines)], True
+    # An array holds its events one level down: the events themselves keep the bound.
+    batch = raw.lstrip()[:1] == b"["
+    body = _loads(raw, None, jsontext.MAX_DEPTH + 1 if batch else jsontext.MAX_DEPTH)
+    if isinstance(body, list):
+        return body, True
+    return [body], False
+
+
+def _loads(raw: bytes, index: Optional[int], max_depth: int = jsontext.MAX_DEPTH) -> Any:
+    try:
+        return jsontext.loads(raw, max_depth)
+    except jsontext.TooDeepError:
+        raise ApiError(400, at(index, TOO_DEEP)) from None
+    except ValueError:  # a bad byte (UnicodeDecodeError) included
+        raise ApiError(400, at(index, NOT_JSON)) from None
+
+
+def _check(item: Any, index: Optional[int], max_event_bytes: int) -> PreparedEvent:
+    if not isinstance(item, dict):
+        raise ApiError(400, NOT_AN_OBJECT if index is None else at(index, NOT_AN_EVENT))
+    event_type = item.get("type")
+    if not isinstance(event_type, str):
+        raise ApiError(400, at(index, {"error": TYPE_REQUIRED}))
+    if max_event_bytes and encoded_size(item) > max_event_bytes:
+        raise ApiError(413, at(index, {"error": "event too large", "maxBytes": max_event_bytes}))
+    try:
+        return PreparedEvent(event_type, *prepare(event_type, item))
+    except InvalidEventError as error:
+        raise ApiError(400, at(index, {"error": str(error)})) from None
+
+
+PUBLISH_PATH = r"/api/v1/runs/([^/]+)/events$"
+
+# The route as a handler alone; the application routes it to ``handlers.publish_fast.PublishRoute``,
+# which hands this handler what it does not serve itself.
 default_handlers = [
-    (MethodAndPath("POST", r"/api/v1/runs/([^/]+)/events$"), PublishEventHandler),
+    (MethodAndPath("POST", PUBLISH_PATH), PublishEventHandler),
 ]

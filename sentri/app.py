@@ -15,8 +15,8 @@ from handlers.events_connect import EVENTS_PATH, RunEventsConnects
 from handlers.health import default_handlers as health_handlers
 from handlers.metrics import default_handlers as metrics_handlers
 from handlers.page import default_handlers as page_handlers
-from handlers.publish_api import MethodAndPath
-from handlers.publish_api import default_handlers as publish_handlers
+from handlers.publish_api import PUBLISH_PATH, MethodAndPath
+from handlers.publish_fast import PublishRoute
 
 from .bus import Bus
 from .config import Settings, SettingsError
@@ -97,9 +97,10 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
                    publisher=Publisher(store, hub), revocations=make_revocations(settings, bus))
 
 
-def routes(context: Context, connects: RunEventsConnects) -> List[Tuple[Any, ...]]:
-    # A stream's GET goes to its own delegate, not a RequestHandler (handlers/events_connect.py).
-    return [*[(pattern, handler, {"context": context}) for pattern, handler in publish_handlers],
+def routes(context: Context, connects: RunEventsConnects, publishes: PublishRoute) -> List[Tuple[Any, ...]]:
+    # A stream's GET and a publish's POST go to their own delegates, which hand what they do not
+    # serve to the route's RequestHandlers (handlers/events_connect.py, handlers/publish_fast.py).
+    return [(MethodAndPath("POST", PUBLISH_PATH), publishes),
             (MethodAndPath("GET", EVENTS_PATH), connects),
             *[(pattern, handler, {"context": context}) for pattern, handler in
               [*event_handlers, *health_handlers, *metrics_handlers, *page_handlers]]]
@@ -107,8 +108,9 @@ def routes(context: Context, connects: RunEventsConnects) -> List[Tuple[Any, ...
 
 def make_app(context: Context) -> tornado.web.Application:
     connects = RunEventsConnects(context)
+    publishes = PublishRoute(context)
     application = tornado.web.Application(
-        routes(context, connects),
+        routes(context, connects, publishes),
         default_handler_class=NotFoundHandler,
         default_handler_args={"context": context},
         log_function=log_request,
@@ -116,6 +118,7 @@ def make_app(context: Context) -> tornado.web.Application:
         compress_response=False,
     )
     connects.application = application
+    publishes.application = application
     return application
 
 

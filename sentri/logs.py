@@ -13,6 +13,7 @@ import time
 from typing import Any, Dict
 
 import tornado.web
+from tornado import httputil
 
 from .redact import install_redaction
 
@@ -81,8 +82,15 @@ def configure_logging(level: str, as_json: bool, stream: Any = None) -> None:
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's ``log_function``: one access line, path only (never the query string)."""
-    status = handler.get_status()
-    request = handler.request
+    log_access(handler.request, handler.get_status())
+
+
+def log_access(request: httputil.HTTPServerRequest, status: int) -> None:
+    """The access line of a request answered ``status``, by a handler or by a route's own delegate
+    (handlers/publish_fast.py), so both write the same line."""
+    level = logging.INFO if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):  # LOG_LEVEL=warn: most requests need no line at all
+        return
     fields = {
         "method": request.method,
         "path": request.path,
@@ -90,5 +98,4 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         "ms": round(request.request_time() * 1000, 2),
         "ip": request.remote_ip,
     }
-    level = logging.INFO if status < 500 else logging.ERROR
     access_log.log(level, "%s %s %d", request.method, request.path, status, extra={"fields": fields})

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
+import time
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import peewee
 
@@ -22,11 +23,22 @@ from .models import Run, RunAgentEvent, RunLog, database_proxy
 LOG_LEVELS = ("info", "warn", "error")
 
 
+# The last whole second formatted, and its text up to the milliseconds: every log line
+# published is stamped, and formatting a datetime cost more than the rest of its checks.
+_last_second: Tuple[int, str] = (-1, "")
+
+
 def iso_now(now: Optional[datetime.datetime] = None) -> str:
     """``new Date().toISOString()``: UTC, milliseconds, ``Z``."""
-    moment = now or datetime.datetime.now(datetime.timezone.utc)
-    utc = moment.astimezone(datetime.timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    global _last_second
+    if now is not None:
+        utc = now.astimezone(datetime.timezone.utc)
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    second, milliseconds = divmod(int(time.time() * 1000), 1000)
+    last = _last_second  # read once: database threads stamp too
+    if last[0] != second:
+        last = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)))
+    return f"{last[1]}{milliseconds:03d}Z"
 
 
 def log_message(text: str, now: Optional[datetime.datetime] = None) -> str:

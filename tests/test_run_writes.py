@@ -3,8 +3,11 @@ has a start time that can be read."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
+from sentri import writes
 from sentri.models import Run
 from sentri.writes import finish_run, iso_now
 
@@ -48,3 +51,14 @@ def test_a_done_never_writes_a_value_a_32_bit_integer_column_cannot_hold(context
         row = Run.select(Run.status, Run.passed, Run.failed, Run.total, Run.duration).where(
             Run.id == "RUN-1").dicts().first()
     assert row == {"status": "completed", "passed": None, "failed": None, "total": 3, "duration": None}
+
+
+@pytest.mark.parametrize("now, text", [(1767323045.678901, "2026-01-02T03:04:05.678Z"),
+                                       (1767323045.0, "2026-01-02T03:04:05.000Z"),
+                                       (1767323046.999, "2026-01-02T03:04:06.999Z")])
+def test_iso_now_is_to_iso_string_of_the_clock_also_from_its_cached_second(monkeypatch, now, text):
+    monkeypatch.setattr(writes.time, "time", lambda: now)
+    assert iso_now() == text
+    assert iso_now() == text  # the second's text now comes from the cache
+    moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    assert iso_now(moment) == text
