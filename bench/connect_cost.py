@@ -217,6 +217,17 @@ async def _round(server: Server, count: int, concurrency: int) -> None:
     await close_all(writers)
 
 
+def append_results(path: str, results: List[Dict[str, Any]]) -> None:
+    """Add ``results`` to the JSON list in ``path`` (created if missing), so runs accumulate."""
+    existing: List[Any] = []
+    if os.path.exists(path):
+        with open(path) as handle:
+            existing = json.load(handle)
+    with open(path, "w") as handle:
+        json.dump(existing + results, handle, indent=2)
+        handle.write("\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", default=os.path.dirname(HERE), help="checkout whose server is measured")
@@ -233,13 +244,7 @@ def main() -> int:
     for result in results:
         print(json.dumps(result))
     if args.json:
-        existing: List[Any] = []
-        if os.path.exists(args.json):
-            with open(args.json) as handle:
-                existing = json.load(handle)
-        with open(args.json, "w") as handle:
-            json.dump(existing + results, handle, indent=2)
-            handle.write("\n")
+        append_results(args.json, results)
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any, Dict, List
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from connect_cost import Server, commit_of  # noqa: E402
+from connect_cost import Server, append_results, commit_of  # noqa: E402
 
 PUBLISH_TOKEN = "bench-publish-token-0123456789"  # noqa: S105 (a bench-only secret)
 RUNS = 100
@@ -167,13 +167,7 @@ def main() -> int:
             return 1
         results.append(result)
     if args.json:
-        existing: List[Any] = []
-        if os.path.exists(args.json):
-            with open(args.json) as handle:
-                existing = json.load(handle)
-        with open(args.json, "w") as handle:
-            json.dump(existing + results, handle, indent=2)
-            handle.write("\n")
+        append_results(args.json, results)
     return 0
 
 

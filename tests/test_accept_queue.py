@@ -7,9 +7,10 @@ would get records what it is handed and when.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
-from typing import List, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -65,66 +66,77 @@ class Recorder:
             connection.close()
 
 
+class Listening:
+    """A listening socket, the clients connected to it, and the recorder it hands connections to."""
+
+    def __init__(self) -> None:
+        self.sock = listening_socket()
+        self.port = self.sock.getsockname()[1]
+        self.recorder = Recorder()
+        self.clients: List[socket.socket] = []
+        self.stop: Callable[[], None] = lambda: None
+
+    def connect(self, count: int) -> None:
+        self.clients += connect_clients(self.port, count)
+
+    def start(self) -> None:
+        self.stop = accept_connections(self.sock, self.recorder)
+
+    async def first_batch(self) -> None:
+        while not self.recorder.handed:
+            await asyncio.sleep(0)
+
+    def handed_indexes(self) -> List[int]:
+        return [index for index, _ in self.recorder.handed]
+
+
+@contextlib.contextmanager
+def listening() -> Iterator[Listening]:
+    setup = Listening()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+        setup.recorder.close()
+        for client in setup.clients:
+            client.close()
+        setup.sock.close()
+
+
 @pytest.mark.gen_test(timeout=20)
 async def test_a_burst_is_handed_over_in_arrival_order_a_bounded_batch_per_loop_turn():
-    sock = listening_socket()
-    recorder = Recorder()
-    clients = connect_clients(sock.getsockname()[1], HANDOVERS_PER_TURN * 3 + 5)
-    stop = accept_connections(sock, recorder)
-    try:
-        await asyncio.wait_for(recorder.count_turns(len(clients)), timeout=10)
-        assert [index for index, _ in recorder.handed] == list(range(len(clients)))
-        turns = [turn for _, turn in recorder.handed]
+    with listening() as setup:
+        setup.connect(HANDOVERS_PER_TURN * 3 + 5)
+        setup.start()
+        await asyncio.wait_for(setup.recorder.count_turns(len(setup.clients)), timeout=10)
+        assert setup.handed_indexes() == list(range(len(setup.clients)))
+        turns = [turn for _, turn in setup.recorder.handed]
         batches = [turns.count(turn) for turn in sorted(set(turns))]
         assert batches == [HANDOVERS_PER_TURN] * 3 + [5]  # other work ran between every batch
-    finally:
-        stop()
-        recorder.close()
-        for client in clients:
-            client.close()
-        sock.close()
 
 
 @pytest.mark.gen_test(timeout=20)
 async def test_connections_accepted_before_the_stop_are_still_handed_over_and_none_after_it():
-    sock = listening_socket()
-    recorder = Recorder()
-    port = sock.getsockname()[1]
-    clients = connect_clients(port, HANDOVERS_PER_TURN + 10)
-    stop = accept_connections(sock, recorder)
-    try:
-        while not recorder.handed:  # the first batch: everything else is accepted and queued
-            await asyncio.sleep(0)
-        stop()
-        late = connect_clients(port, 3)
-        await asyncio.wait_for(recorder.count_turns(len(clients)), timeout=10)
+    with listening() as setup:
+        setup.connect(HANDOVERS_PER_TURN + 10)
+        setup.start()
+        await setup.first_batch()  # everything else is accepted and queued by now
+        setup.stop()
+        setup.connect(3)
+        await asyncio.wait_for(setup.recorder.count_turns(HANDOVERS_PER_TURN + 10), timeout=10)
         await asyncio.sleep(0.2)
-        assert [index for index, _ in recorder.handed] == list(range(len(clients)))
-    finally:
-        recorder.close()
-        for client in clients + late:
-            client.close()
-        sock.close()
+        assert setup.handed_indexes() == list(range(HANDOVERS_PER_TURN + 10))
 
 
 @pytest.mark.gen_test(timeout=20)
 async def test_one_readiness_event_empties_the_kernel_queue_though_only_one_batch_is_served():
-    sock = listening_socket()
-    recorder = Recorder()
-    clients = connect_clients(sock.getsockname()[1], HANDOVERS_PER_TURN * 4)
-    assert kernel_queue_length(sock) == len(clients)
-    stop = accept_connections(sock, recorder)
-    try:
-        while not recorder.handed:
-            await asyncio.sleep(0)
+    with listening() as setup:
+        setup.connect(HANDOVERS_PER_TURN * 4)
+        assert kernel_queue_length(setup.sock) == len(setup.clients)
+        setup.start()
+        await setup.first_batch()
         # Tornado's own loop would still leave all but 128 in the kernel's queue, where SYNs
         # beyond it are dropped; here they wait, connected, in ours.
-        assert len(recorder.handed) == HANDOVERS_PER_TURN
-        assert kernel_queue_length(sock) == 0
-        await asyncio.wait_for(recorder.count_turns(len(clients)), timeout=10)
-    finally:
-        stop()
-        recorder.close()
-        for client in clients:
-            client.close()
-        sock.close()
+        assert len(setup.recorder.handed) == HANDOVERS_PER_TURN
+        assert kernel_queue_length(setup.sock) == 0
+        await asyncio.wait_for(setup.recorder.count_turns(len(setup.clients)), timeout=10)
