@@ -106,13 +106,15 @@ class _Acceptor:
 
     def hand_over(self) -> None:
         accepted = self.accepted
-        for _ in range(min(HANDOVERS_PER_TURN, len(accepted))):
-            connection, address = accepted.popleft()
-            self.callback(connection, address)
-        if accepted:
-            self.loop.add_callback(self.hand_over)
-        else:
-            self.handing_over = False
+        try:
+            for _ in range(min(HANDOVERS_PER_TURN, len(accepted))):
+                connection, address = accepted.popleft()
+                self.callback(connection, address)
+        finally:  # a callback that raised (the loop logs it) must not strand the rest of the queue
+            if accepted:
+                self.loop.add_callback(self.hand_over)
+            else:
+                self.handing_over = False
 
     def pause(self, error: OSError) -> None:
         self.loop.remove_handler(self.sock)
@@ -128,9 +130,10 @@ class _Acceptor:
 def accept_connections(sock: socket.socket, callback: Callable[[socket.socket, object], None],
                        on_pause: Optional[Callable[[], None]] = None,
                        pause_s: float = PAUSE_S) -> Callable[[], None]:
-    """``tornado.netutil.add_accept_handler`` that pauses instead of spinning at the limit.
+    """``tornado.netutil.add_accept_handler`` with our own queue, pausing instead of spinning at the limit.
 
-    Returns the function that stops accepting (also during a pause), as Tornado's does.
+    Returns the function that stops accepting (also during a pause), as Tornado's does;
+    connections already accepted are still handed to ``callback``.
     """
     acceptor = _Acceptor(sock, callback, on_pause, pause_s)
     acceptor.watch()

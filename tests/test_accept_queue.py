@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from typing import Callable, Iterator, List, Tuple
@@ -140,3 +141,18 @@ async def test_one_readiness_event_empties_the_kernel_queue_though_only_one_batc
         assert len(setup.recorder.handed) == HANDOVERS_PER_TURN
         assert kernel_queue_length(setup.sock) == 0
         await asyncio.wait_for(setup.recorder.count_turns(len(setup.clients)), timeout=10)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_connection_whose_set_up_raises_does_not_strand_the_ones_queued_after_it(expect_log):
+    expect_log("tornado.application", r"Exception in callback", level=logging.ERROR)  # the loop logs what raised
+    with listening() as setup:
+        def failing_on_the_first(connection: socket.socket, address: object) -> None:
+            setup.recorder(connection, address)
+            if len(setup.recorder.handed) == 1:
+                raise RuntimeError("set-up failed")
+
+        setup.connect(HANDOVERS_PER_TURN + 3)
+        setup.stop = accept_connections(setup.sock, failing_on_the_first)
+        await asyncio.wait_for(setup.recorder.count_turns(HANDOVERS_PER_TURN + 3), timeout=10)
+        assert setup.handed_indexes() == list(range(HANDOVERS_PER_TURN + 3))
