@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import time
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -34,7 +34,8 @@ def messages(instance: Instance) -> List[str]:
     return [json.loads(line).get("msg", "") for line in instance.log_lines() if line.startswith("{")]
 
 
-async def fill_with_streams(instance: Instance, path: str) -> "tuple[List[StreamResponse], asyncio.Task]":
+async def fill_with_streams(instance: Instance,
+                            path: str) -> Tuple[List[StreamResponse], asyncio.Task[StreamResponse]]:
     """Open streams until one is not answered: the streams, and the connect left waiting."""
     streams: List[StreamResponse] = []
     for _ in range(OPEN_FILES):
