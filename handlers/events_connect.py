@@ -179,7 +179,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
             self._answer(200)
             return
         sock, chunked = taken
-        stream.attach_socket(sock, chunked)
+        stream.attach_socket(sock, chunked, context.settings.stream_kernel_unsent_bytes)
         head = self._head(lookup, chunked, plan)
         if lookup.is_running and not plan.replay_ends_run:
             hub.open(stream, head, plan.replayed_through, plan.known_through, lookup.snapshot_logs)

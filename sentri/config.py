@@ -93,6 +93,15 @@ SETTINGS: Tuple[Setting, ...] = (
         "Unsent bytes a stream may hold before it is disconnected as too slow, in bytes.",
         minimum=1,
     ),
+    Setting(
+        "SENTRI_STREAM_KERNEL_UNSENT_BYTES",
+        int,
+        16_384,
+        "Bytes not yet sent a stream's socket may queue in the kernel (TCP_NOTSENT_LOWAT); the rest waits "
+        "in the server, where a newer screencast frame replaces an older one and SSE_MAX_WRITABLE_BYTES counts "
+        "it. 0: the kernel's default (up to tcp_wmem's maximum, megabytes).",
+        minimum=0,
+    ),
     Setting("SENTRI_HEARTBEAT_INTERVAL_S", float, 5.0, "Seconds between ': heartbeat' comments.", minimum=0.001),
     Setting(
         "SENTRI_DB_WORKERS",

@@ -90,6 +90,36 @@ class UnsentFrame:
 Unsent = Union[bytes, memoryview, UnsentFrame]
 
 
+def bound_kernel_unsent(sock: socket.socket, limit_bytes: int) -> bool:
+    """Let the kernel hold at most about ``limit_bytes`` of a TCP stream's bytes not yet sent
+    (``TCP_NOTSENT_LOWAT``); the rest waits among the stream's unsent bytes. Returns whether it applied.
+
+    Why: left alone, the send buffer autotunes up to ``tcp_wmem``'s maximum (4 MiB here, and on
+    loopback it starts near 2.6 MiB), and bytes the kernel holds can be neither replaced nor
+    counted: a viewer reading at 200 KB/s got its newest screencast frame 20 s after publishing
+    stopped (bench/slow_viewer.py), all of it older frames queued in the kernel. With the bound,
+    a frame waits in user space, where a newer one takes its place (``write``), and the too-slow
+    bound (``SSE_MAX_WRITABLE_BYTES``) sees about everything the client is behind.
+
+    Why not ``SO_SNDBUF``: it caps bytes in flight too (it turns autotuning off), so a client far
+    away could never have more than that many bytes unacknowledged, a throughput ceiling of
+    buffer / RTT; the low-water mark bounds only what is queued and not yet sent, and leaves the
+    in-flight window to autotuning. Measured on the slow viewer (60 s, loopback): 16 KiB
+    low-water mark, newest frame 1.2 s after publishing stopped; ``SO_SNDBUF`` 64 KiB, 2.0 s;
+    no bound, 20 s (docs/stream.md §10).
+
+    Not a TCP socket (a Unix socket in a test), or a system without the option: returns False.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux (3.12+) and macOS
+    if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, limit_bytes)
+    except OSError:
+        return False
+    return True
+
+
 class StreamOwner(Protocol):
     """What a stream needs from the registry that holds it (the hub), so this module need not import it."""
 
@@ -308,9 +338,12 @@ class EventStream:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def attach_socket(self, sock: socket.socket, chunked: bool) -> None:
+    def attach_socket(self, sock: socket.socket, chunked: bool, kernel_unsent_bytes: int = 0) -> None:
+        """Own ``sock`` from now on; ``kernel_unsent_bytes``: see ``bound_kernel_unsent``."""
         self.sock = sock
         self.chunked = chunked
+        if kernel_unsent_bytes > 0:
+            bound_kernel_unsent(sock, kernel_unsent_bytes)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
     def release_held(self) -> List[Frame]:
