@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Coroutine, Dict, List, Optional, Set, Tuple
 
+import tornado.routing
 import tornado.web
 
 from sentri.context import Context
@@ -69,3 +71,26 @@ class NotFoundHandler(JsonHandler):
 
     def prepare(self) -> None:
         raise ApiError(404, {"error": "not found"})
+
+
+class DelegateRoute(tornado.routing.Router):
+    """A route served by a small ``HTTPMessageDelegate`` per request instead of a ``RequestHandler``
+    (handlers/events_connect.py, handlers/publish_fast.py); the answers it does not write itself
+    go through handlers of ``application``, which ``make_app`` sets once the application exists."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.application: Optional[tornado.web.Application] = None
+        # asyncio keeps only weak references to tasks: a request still being served is held here.
+        self.running: Set[asyncio.Task[None]] = set()
+
+    def the_application(self) -> tornado.web.Application:
+        if self.application is None:
+            raise RuntimeError(f"{type(self).__name__}.application is not set (make_app sets it)")
+        return self.application
+
+    def serve(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run one request's coroutine as a task held until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)

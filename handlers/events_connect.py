@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from typing import Any, List, Optional, Set, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import tornado.ioloop
 import tornado.routing
@@ -38,7 +38,7 @@ from sentri.store import StreamLookup, StreamOutcome
 from sentri.stream import CloseReason, EventStream
 from sentri.tokens import Identity, token_candidates
 
-from .base import SHUTTING_DOWN, ApiError, JsonHandler
+from .base import SHUTTING_DOWN, ApiError, DelegateRoute, JsonHandler
 
 EVENTS_PATH = r"/api/v1/runs/([^/]+)/events"
 
@@ -57,18 +57,9 @@ STREAM_CLOSED = {"error": "stream closed before it opened", "retryAfter": 1}
 RUN_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 
 
-class RunEventsConnects(tornado.routing.Router):
-    """The GET route's target: a ``RunEventsConnect`` per request.
-
-    ``application`` is set by ``make_app`` once the application exists: the rare answers that
-    are not a stream are written by a ``RunEventsAnswer`` handler of that application.
-    """
-
-    def __init__(self, context: Context) -> None:
-        self.context = context
-        self.application: Optional[tornado.web.Application] = None
-        # asyncio keeps only weak references to tasks: a connect waiting on the database is held here.
-        self.running: Set[asyncio.Task[None]] = set()
+class RunEventsConnects(DelegateRoute):
+    """The GET route's target: a ``RunEventsConnect`` per request; the rare answers that are not
+    a stream are written by a ``RunEventsAnswer`` handler of the application."""
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs: Any) -> httputil.HTTPMessageDelegate:
         # Tornado unquotes the path argument to bytes; bytes that are not UTF-8 name no run, so
@@ -97,9 +88,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
         # As a RequestHandler does: a client that leaves while its run is read gets no stream. The
         # connection drops this callback when it is detached, finished or closed.
         self.request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
-        task = asyncio.ensure_future(self._serve())
-        self.route.running.add(task)
-        task.add_done_callback(self.route.running.discard)
+        self.route.serve(self._serve())
 
     def on_connection_close(self) -> None:
         self.client_gone = True
@@ -119,7 +108,7 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
             raise
         except Exception as error:  # ApiError, and anything unexpected: a 500 as Tornado gives it
             if self.detached:  # the socket is the stream's now: logged only, as a detached handler's error was
-                logger = RunEventsAnswer(self._application(), self.request, context=self.context, answer=error)
+                logger = RunEventsAnswer(self.route.the_application(), self.request, context=self.context, answer=error)
                 logger.log_exception(type(error), error, error.__traceback__)
             else:
                 self._answer(error)
@@ -276,16 +265,10 @@ class RunEventsConnect(httputil.HTTPMessageDelegate):
 
     # -- answers that are not a stream --------------------------------------------------------
 
-    def _application(self) -> tornado.web.Application:
-        application = self.route.application
-        if application is None:
-            raise RuntimeError("RunEventsConnects.application is not set (make_app sets it)")
-        return application
-
     def _answer(self, answer: Answer) -> None:
         """Write ``answer`` through Tornado's own handler pipeline, as ``RunEventsAnswer``."""
         request = self.request
-        delegate = self._application().get_handler_delegate(request, RunEventsAnswer,
+        delegate = self.route.the_application().get_handler_delegate(request, RunEventsAnswer,
                                                              {"context": self.context, "answer": answer})
         delegate.headers_received(httputil.RequestStartLine(request.method or "GET", request.uri or "",
                                                             request.version), request.headers)

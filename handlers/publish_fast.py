@@ -27,10 +27,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import time
-from typing import Any, Dict, List, Optional, Set, Union
+from typing import Any, Dict, List, Optional, Union
 
-import tornado.routing
-import tornado.web
 from tornado import httputil
 
 from sentri.context import Context
@@ -39,7 +37,7 @@ from sentri.http import http_date
 from sentri.logs import log_access
 from sentri.sse import dumps_js
 
-from .base import JSON_CONTENT_TYPE, JsonHandler
+from .base import JSON_CONTENT_TYPE, DelegateRoute, JsonHandler
 from .publish_api import (
     INTERRUPTED,
     PublishEventHandler,
@@ -52,18 +50,9 @@ from .publish_api import (
 ACCEPTED = httputil.ResponseStartLine("", 202, http.client.responses[202])
 
 
-class PublishRoute(tornado.routing.Router):
-    """The POST route's target: a ``PublishRequest`` per request.
-
-    ``application`` is set by ``make_app`` once the application exists: the requests this does
-    not answer itself go to ``PublishEventHandler`` or ``PublishAnswer`` of that application.
-    """
-
-    def __init__(self, context: Context) -> None:
-        self.context = context
-        self.application: Optional[tornado.web.Application] = None
-        # asyncio keeps only weak references to tasks: a publish waiting on its commit is held here.
-        self.running: Set[asyncio.Task[None]] = set()
+class PublishRoute(DelegateRoute):
+    """The POST route's target: a ``PublishRequest`` per request; the requests it does not answer
+    itself go to ``PublishEventHandler`` or ``PublishAnswer`` of the application."""
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs: Any) -> httputil.HTTPMessageDelegate:
         # Tornado has unquoted the path argument to bytes; the handler decodes it (a 400 if not UTF-8).
@@ -89,7 +78,7 @@ class PublishRequest(httputil.HTTPMessageDelegate):
                          headers: httputil.HTTPHeaders) -> Optional[Any]:
         if self._takes(headers):
             return None
-        self.handler = self.route_application().get_handler_delegate(
+        self.handler = self.route.the_application().get_handler_delegate(
             self.request, PublishEventHandler, {"context": self.route.context}, path_args=[self.raw_run_id])
         return self.handler.headers_received(start_line, headers)
 
@@ -103,9 +92,7 @@ class PublishRequest(httputil.HTTPMessageDelegate):
         if self.handler is not None:
             self.handler.finish()
             return
-        task = asyncio.ensure_future(self._serve(self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)))
-        self.route.running.add(task)
-        task.add_done_callback(self.route.running.discard)
+        self.route.serve(self._serve(self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)))
 
     def on_connection_close(self) -> None:
         # The client left before its body was read: nothing was checked or published.
@@ -160,12 +147,6 @@ class PublishRequest(httputil.HTTPMessageDelegate):
 
     # -- answers that are not a 202 -----------------------------------------------------------
 
-    def route_application(self) -> tornado.web.Application:
-        application = self.route.application
-        if application is None:
-            raise RuntimeError("PublishRoute.application is not set (make_app sets it)")
-        return application
-
     async def _answer(self, answer: Union[Exception, str]) -> None:
         """Write ``answer`` through Tornado's own handler pipeline, as ``PublishAnswer``.
 
@@ -174,7 +155,7 @@ class PublishRequest(httputil.HTTPMessageDelegate):
         the publishes it refuses one loop turn to answer before it closes its database, which
         blocks the loop (``Publisher.close``, tests/test_publish_shutdown.py).
         """
-        application = self.route_application()
+        application = self.route.the_application()
         handler = PublishAnswer(application, self.request, context=self.route.context, answer=answer)
         await handler._execute([transform(self.request) for transform in application.transforms])
 
