@@ -47,6 +47,16 @@ def test_own_echoes_and_malformed_messages_are_ignored(message):
     assert decode_relayed(message, OURS) is None
 
 
+def test_own_events_with_an_id_come_back_and_those_delivered_here_in_an_outage_say_so():
+    assert decode_relayed(b'{"type":"log","message":"a","_origin":"py_1_abc|1700000000000-7"}', OURS) == \
+        Relayed("log", b'{"type":"log","message":"a"}', "1700000000000-7", own=True)
+    assert decode_relayed(b'{"type":"log","message":"a","_origin":"py_1_abc|1700000000000-8|local"}', OURS) == \
+        Relayed("log", b'{"type":"log","message":"a"}', "1700000000000-8", own=True, delivered_here=True)
+    # Another process's outage event is everyone's event here.
+    assert decode_relayed(b'{"type":"log","message":"a","_origin":"py_2_def|1700000000000-9|local"}', OURS) == \
+        Relayed("log", b'{"type":"log","message":"a"}', "1700000000000-9")
+
+
 def test_only_run_channels_name_a_run():
     assert run_id_of("sentri:run:RUN-7") == "RUN-7"
     assert run_id_of("sentri:run:") is None

@@ -299,6 +299,7 @@ class ClusterSession:
                 else:
                     keys, args = bus._cluster_publish_call(item.run_id, item.data, item.ends_stream,
                                                            item.delivered_here)
+                    bus._expect_echo(item)
                     await self._scripts[node](keys=keys, args=args, client=pipe)
             # Errors come back in place (a shard that stopped owning a slot answers MOVED for
             # the scripts it did not run): the answered ones are not sent twice.

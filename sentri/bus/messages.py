@@ -57,6 +57,8 @@ class Relayed(NamedTuple):
     event_json: bytes  # what a client receives: the message without ``_origin``
     event_id: Optional[str] = None  # from ``"_origin":"<instance>|<id>"`` (sentri.redis_history)
     own: bool = False  # published by this process: its own listeners get it from this echo
+    # Own and flagged ``|local``: its listeners had it during an outage, only later ones need it.
+    delivered_here: bool = False
 
 
 def decode_relayed(message: bytes, own_origin: str) -> Optional[Relayed]:
@@ -64,7 +66,9 @@ def decode_relayed(message: bytes, own_origin: str) -> Optional[Relayed]:
 
     An ``_origin`` of ``"<instance>|<id>"`` carries the event's id. This process's own events
     with an id come back here to be delivered locally in the channel's order (the order of
-    the ids); its own echoes without an id, or flagged as delivered here already, are dropped.
+    the ids); those flagged as delivered here already come back marked ``delivered_here``
+    (only streams that came after that delivery need them); its own echoes without an id
+    are dropped.
 
     A message Node or this project wrote ends with ``,"_origin":"<id>"}`` and the rest is
     already ``JSON.stringify`` output, so cutting that tail off yields exactly the bytes a
@@ -88,9 +92,10 @@ def decode_relayed(message: bytes, own_origin: str) -> Optional[Relayed]:
     origin = event.pop(ORIGIN_KEY, None)
     instance, event_id, delivered_here = split_origin(origin) if isinstance(origin, str) else (origin, None, False)
     own = instance == own_origin
-    if own and (event_id is None or delivered_here):
+    if own and event_id is None:
         return None
-    return Relayed(event_type, _without_origin_tail(message, origin) or sse.to_utf8(sse.dumps_js(event)), event_id, own)
+    return Relayed(event_type, _without_origin_tail(message, origin) or sse.to_utf8(sse.dumps_js(event)), event_id, own,
+                   own and delivered_here)
 
 
 _ORIGIN_WITH_ID = re.compile(r"(.*)\|([0-9]{1,20}-[0-9]{1,20})(\|" + DELIVERED_HERE + r")?", re.DOTALL)

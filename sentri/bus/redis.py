@@ -25,7 +25,8 @@ so two publishers on one run never reach a listener out of order. Then:
   listener drops frames whose id it already has, so none arrives twice;
 - while Redis is unreachable, events published here are delivered to local listeners at once
   (without an id) and kept in the bounded outbox; on reconnect they are published in order,
-  flagged ``|local`` so this instance neither delivers their echo nor catches them up again.
+  flagged ``|local``: their echo goes only to the streams that registered here since, and a
+  repair skips them for the others.
   An event whose script call failed mid-flight is treated the same way; if Redis had run it
   before the connection broke, it is in history twice (at-least-once, the rare case).
 """
@@ -83,7 +84,7 @@ DURABLE_PREFIXES = (b'{"type":"log"', b'{"type":"done"', b'{"type":"agent_event"
 class _Outgoing:
     """One message waiting for Redis: an event for the publish script, or a raw message."""
 
-    __slots__ = ("run_id", "data", "ends_stream", "delivered_here", "delivered_at", "future", "raw")
+    __slots__ = ("run_id", "data", "ends_stream", "delivered_here", "delivered_at", "future", "raw", "echo_due")
 
     def __init__(self, run_id: str, data: bytes, ends_stream: bool = False, delivered_here: bool = False,
                  future: Optional[asyncio.Future[Optional[str]]] = None, raw: bool = False) -> None:
@@ -94,6 +95,8 @@ class _Outgoing:
         self.delivered_at = time.monotonic()  # when delivered here (meaningful when delivered_here)
         self.future = future
         self.raw = raw
+        # Published flagged ``|local`` on a subscribed channel: its echo is still to come back.
+        self.echo_due = False
 
     def resolve(self, event_id: Optional[str]) -> None:
         if self.future is not None and not self.future.done():
@@ -185,6 +188,10 @@ class RedisBus(Bus):
         # Outage events published while their run was held, by run and id: those streams that
         # came after they were delivered here get them from the run's repair (``_repair``).
         self._late_frames: Dict[str, Dict[str, _LateFrame]] = {}
+        # Outage events sent to Redis on a subscribed channel, by run in publish order, until
+        # their echo comes back: the streams that came after them get them from the echo, in
+        # the channel's order (``_on_outage_echo``).
+        self._echoes_due: Dict[str, Deque[_Outgoing]] = {}
         self._subscriptions_changed: Optional[asyncio.Event] = None
         # Outgoing messages, bounded in bytes: a slow Redis makes them wait, never the loop.
         self._outbox: Deque[_Outgoing] = collections.deque()
@@ -223,6 +230,7 @@ class RedisBus(Bus):
     def unsubscribe(self, run_id: str) -> None:
         channel = wire.run_channel(run_id)
         self._wanted.discard(channel)
+        self._echoes_due.pop(run_id, None)  # no listener left here to get them
         self._poke_subscriptions()
 
     def publish(self, run_id: str, event_json: bytes) -> None:
@@ -532,6 +540,7 @@ class RedisBus(Bus):
                             else:
                                 keys, args = self._publish_call(item.run_id, item.data, item.ends_stream,
                                                                 item.delivered_here)
+                                self._expect_echo(item)
                                 await script(keys=keys, args=args, client=pipe)
                         # Errors as values: a script Redis refused (LOADING after a restart,
                         # WRONGTYPE) must not send back the ones it ran, which would be in
@@ -572,21 +581,64 @@ class RedisBus(Bus):
             self._deliver_here(item.run_id, item.data, item.ends_stream)
 
     def _deliver_to_late_joiners(self, item: _Outgoing, event_id: Optional[str]) -> None:
-        """An outage event published at last: streams that registered here after it was delivered
-        here (without an id) never had it, and its echo is dropped, so they get it now, with its
+        """An outage event published at last (Redis answered its id): streams that registered
+        here after it was delivered here (without an id) never had it, so they get it, with its
         id (found by the soak, bench/soak.py). A stored one (a log, a done, an agent event) not
-        to those live on a snapshot: read after it was stored, their snapshot holds it."""
+        to those live on a snapshot: read after it was stored, their snapshot holds it.
+
+        When: in the channel's order, from its echo (``_on_outage_echo``), when one is coming;
+        now, when none is (the channel was not subscribed yet, so no message of the run has
+        come since either)."""
         if event_id is None or self._hub is None:
             return
-        late = _LateFrame(Frame(sse.data_frame(item.data, event_id), event_id=event_id, ends_stream=item.ends_stream),
-                          item.delivered_at, item.data.startswith(DURABLE_PREFIXES))
         if item.run_id in self._catching_up:
             # Its run waits for a repair, which reads this event back: they get it then, in id
             # order (a stream refuses an id older than the newest it has).
-            self._late_frames.setdefault(item.run_id, {})[event_id] = late
+            self._late_frames.setdefault(item.run_id, {})[event_id] = _late_frame(item, event_id)
+            return
+        if item.echo_due:
+            if wire.run_channel(item.run_id) in self._confirmed:
+                return  # its echo brings it, after every message published before it
+            self._forget_echo(item)
+        self._deliver_arrived()
+        self._deliver_late(item.run_id, _late_frame(item, event_id))
+
+    def _expect_echo(self, item: _Outgoing) -> None:
+        """An outage event about to be published: on a subscribed channel its echo will come."""
+        if item.delivered_here and not item.raw and wire.run_channel(item.run_id) in self._sent:
+            item.echo_due = True
+            self._echoes_due.setdefault(item.run_id, collections.deque()).append(item)
+
+    def _forget_echo(self, item: _Outgoing) -> None:
+        item.echo_due = False
+        due = self._echoes_due.get(item.run_id)
+        if due is not None and item in due:
+            due.remove(item)
+            if not due:
+                del self._echoes_due[item.run_id]
+
+    def _on_outage_echo(self, run_id: str, relayed: wire.Relayed) -> None:
+        """The echo of an outage event published here: the streams that came after it was
+        delivered here get it now, after every message the channel brought before it and
+        before every one after it. Taking it when Redis answered the publish instead (another
+        socket) let a message published just after it reach them first, and they then refused
+        it as older than what they had (found by the soak, at the end of every Redis pause)."""
+        due = self._echoes_due.get(run_id)
+        item = next((waiting for waiting in due if waiting.data == relayed.event_json), None) if due else None
+        if item is None or due is None or relayed.event_id is None:
+            return  # not one this session published on a subscribed channel: its listeners had it
+        while due[0] is not item:  # published earlier, their echo lost to an unsubscribe: late now
+            due.popleft().echo_due = False
+        due.popleft()
+        item.echo_due = False
+        if not due:
+            del self._echoes_due[run_id]
+        late = _late_frame(item, relayed.event_id)
+        if run_id in self._catching_up:
+            self._late_frames.setdefault(run_id, {})[relayed.event_id] = late
             return
         self._deliver_arrived()
-        self._deliver_late(item.run_id, late)
+        self._deliver_late(run_id, late)
 
     def _deliver_late(self, run_id: str, late: _LateFrame) -> None:
         if self._hub is not None:
@@ -744,6 +796,10 @@ class RedisBus(Bus):
         if classic_on_cluster and relayed.event_id is not None:
             self.ignored += 1  # this project's event, published sharded too: delivered from there
             return
+        if relayed.delivered_here:  # our own outage event: only the streams that came after it
+            self.ignored += 1
+            self._on_outage_echo(run_id, relayed)
+            return
         frame = Frame(sse.data_frame(relayed.event_json, relayed.event_id), ends_stream=relayed.event_type == "done",
                       event_id=relayed.event_id)
         held = self._catching_up.get(run_id)
@@ -815,6 +871,10 @@ class RedisBus(Bus):
         self._sent.clear()
         self._confirmed.clear()
         self._replies_due.clear()
+        for due in self._echoes_due.values():  # their items wait in the outbox (put back) or were answered
+            for item in due:
+                item.echo_due = False
+        self._echoes_due.clear()
         self._release_held()
         # Events stay in the outbox, for the next connection; their listeners here get them now.
         for item in list(self._outbox):
@@ -830,6 +890,11 @@ class RedisBus(Bus):
         self._waiters.clear()
         if was_connected and self._state_changed is not None:
             self._state_changed.set()
+
+
+def _late_frame(item: _Outgoing, event_id: str) -> _LateFrame:
+    return _LateFrame(Frame(sse.data_frame(item.data, event_id), event_id=event_id, ends_stream=item.ends_stream),
+                      item.delivered_at, item.data.startswith(DURABLE_PREFIXES))
 
 
 def _id_before(registered_at: float) -> str:
