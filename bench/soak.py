@@ -41,7 +41,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # tests.cluster, tests.services: the same nginx and Redis the tests run
 
 from soak_check import check  # noqa: E402
-from soak_plan import Plan  # noqa: E402
+from soak_plan import FAULTS, Plan  # noqa: E402
 
 from tests.cluster import Instance, Nginx  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
@@ -59,6 +59,7 @@ INSTANCE_SETTINGS = {
     "LOG_JSON": "true",
     "SENTRI_METRICS_TOKEN": "soak-metrics-token-77d2",  # streams open, sampled beside RSS
 }
+FAULT_KINDS = [name for name, _ in FAULTS]
 STREAMS_OPEN = re.compile(r"^sentri_streams_open (\S+)$", re.M)
 
 
@@ -305,9 +306,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="folder for the verdict and the histories of any violation")
     parser.add_argument("--work", default="", help="folder for the whole history (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--faults", default="", metavar="KIND,...",
+                        help="inject only these fault kinds (default: all of " + ", ".join(FAULT_KINDS) + ")")
+    parser.add_argument("--log-level", default=INSTANCE_SETTINGS["LOG_LEVEL"], choices=("debug", "info", "warn"),
+                        help="the instances' LOG_LEVEL (warn; info also logs every relay state change)")
     args = parser.parse_args(argv)
+    fault_kinds = tuple(kind for kind in args.faults.split(",") if kind)
+    unknown = sorted(set(fault_kinds) - set(FAULT_KINDS))
+    if unknown:
+        parser.error(f"unknown fault kind(s): {', '.join(unknown)}")
+    INSTANCE_SETTINGS["LOG_LEVEL"] = args.log_level
     plan = Plan(seed=args.seed, duration_s=args.duration, streams=args.streams, events_per_s=args.rate,
-                fault_every_s=args.fault_every, instances=args.instances, warmup_s=args.warmup)
+                fault_every_s=args.fault_every, instances=args.instances, warmup_s=args.warmup,
+                fault_kinds=fault_kinds)
     work = args.work or tempfile.mkdtemp(prefix="sentri-soak-")
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(work, "plan.json"), "w", encoding="utf-8") as handle:

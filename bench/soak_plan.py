@@ -45,6 +45,8 @@ class Plan:
     listeners_per_run: int = 10
     run_life_s: Tuple[float, float] = (40.0, 120.0)
     warmup_s: float = 20.0
+    # Only these fault kinds (empty: all of FAULTS, by weight): a targeted soak of one fault.
+    fault_kinds: Tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -53,6 +55,7 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         values = json.loads(text)
         values["run_life_s"] = tuple(values["run_life_s"])
+        values["fault_kinds"] = tuple(values.get("fault_kinds", ()))
         return cls(**values)
 
     @property
@@ -90,8 +93,9 @@ class Plan:
         """(time s, kind, parameters), one every ``fault_every_s`` after the warm-up, none in the
         soak's last 20 s (the runs are being finished: every stream must end on its done)."""
         rng = random.Random(f"{self.seed}:faults")
-        names = [name for name, _ in FAULTS]
-        weights = [weight for _, weight in FAULTS]
+        chosen = [(name, weight) for name, weight in FAULTS if not self.fault_kinds or name in self.fault_kinds]
+        names = [name for name, _ in chosen]
+        weights = [weight for _, weight in chosen]
         schedule: List[Tuple[float, str, Dict[str, Any]]] = []
         at = self.warmup_s
         while at < self.duration_s - 20 and self.fault_every_s > 0:
