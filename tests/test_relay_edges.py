@@ -674,15 +674,59 @@ async def test_an_outage_event_reaches_a_stream_that_came_after_it_before_what_w
                     await wait_until(lambda: hub.newest_id("RUN-1") == event_id, what="its message delivered")
 
             async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
-                assert await bus.publish_event("RUN-1", b'{"type":"llm_token","token":"kept here"}', False) is None
+                # A \u escape: its echo comes back re-encoded, so not byte for byte what was kept.
+                kept = b'{"type":"llm_token","token":"kept h\\u00e9re"}'
+                assert await bus.publish_event("RUN-1", kept, False) is None
                 came_after, came_after_client = open_at(hub, "RUN-1", relay_.read_through)
                 clients.append(came_after_client)
                 publish_replies_read_after(monkeypatch, another_instance_publishes_meanwhile)
             await wait_until(lambda: bus.published == 1, what="the kept event published")
             with redis_server.client() as admin:
                 (kept_id, _), = admin.xrange(stream_key("RUN-1"), "(" + relay_.missed, "+", count=1)
-            expected = (relay_.expected + token_frame("kept here", kept_id.decode())
+            expected = (relay_.expected + sse.data_frame(kept, kept_id.decode())
                         + token_frame("published after", published_after[0]))
+            assert await read_exactly(came_after_client, len(expected)) == expected
+            before.close("done")
+            came_after.close("done")
+        finally:
+            for client in clients:
+                client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_outage_event_whose_echo_is_lost_with_the_connection_still_reaches_the_streams_that_came_after_it(
+        redis_server, monkeypatch, expect_log):  # noqa: F811
+    # Redis answered the publish, so the event is not sent again; its echo, which was to bring
+    # it to those streams, went down with the subscriber's connection (dropped here: a real
+    # connection cannot be made to lose exactly that message).
+    expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
+    clients = []
+    async with relay_with_a_gap(redis_server) as relay_:
+        bus, hub = relay_.bus, relay_.hub
+        try:
+            before, before_client = open_at(hub, "RUN-1", relay_.missed)
+            clients.append(before_client)
+            assert await bus.wait_subscribed("RUN-1", 5.0)
+            async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
+                assert await bus.publish_event("RUN-1", b'{"type":"llm_token","token":"kept here"}', False) is None
+                came_after, came_after_client = open_at(hub, "RUN-1", relay_.read_through)
+                clients.append(came_after_client)
+                real_on_message = bus._on_run_message
+
+                def echo_lost(channel, data, classic_on_cluster=False):
+                    if not data.endswith(b'|local"}'):
+                        real_on_message(channel, data, classic_on_cluster)
+
+                monkeypatch.setattr(bus, "_on_run_message", echo_lost)
+            await wait_until(lambda: bus.published == 1, what="the kept event published and answered")
+            assert bus._echoes_due  # its echo is awaited
+            connects = bus.connects
+            with redis_server.client() as admin:
+                admin.client_kill_filter(_type="pubsub")
+            await wait_until(lambda: bus.connects > connects, what="the relay back")
+            with redis_server.client() as admin:
+                (kept_id, _), = admin.xrange(stream_key("RUN-1"), "(" + relay_.missed, "+", count=1)
+            expected = relay_.expected + token_frame("kept here", kept_id.decode())
             assert await read_exactly(came_after_client, len(expected)) == expected
             before.close("done")
             came_after.close("done")

@@ -84,7 +84,8 @@ DURABLE_PREFIXES = (b'{"type":"log"', b'{"type":"done"', b'{"type":"agent_event"
 class _Outgoing:
     """One message waiting for Redis: an event for the publish script, or a raw message."""
 
-    __slots__ = ("run_id", "data", "ends_stream", "delivered_here", "delivered_at", "future", "raw", "echo_due")
+    __slots__ = ("run_id", "data", "ends_stream", "delivered_here", "delivered_at", "future", "raw", "echo_due",
+                 "event_id")
 
     def __init__(self, run_id: str, data: bytes, ends_stream: bool = False, delivered_here: bool = False,
                  future: Optional[asyncio.Future[Optional[str]]] = None, raw: bool = False) -> None:
@@ -97,8 +98,10 @@ class _Outgoing:
         self.raw = raw
         # Published flagged ``|local`` on a subscribed channel: its echo is still to come back.
         self.echo_due = False
+        self.event_id: Optional[str] = None  # Redis's answer: the id it was given
 
     def resolve(self, event_id: Optional[str]) -> None:
+        self.event_id = event_id
         if self.future is not None and not self.future.done():
             self.future.set_result(event_id)
 
@@ -617,6 +620,18 @@ class RedisBus(Bus):
             if not due:
                 del self._echoes_due[item.run_id]
 
+    def _lose_echoes_due(self) -> None:
+        """The connection is gone with the echoes still due: an outage event Redis answered goes
+        to its late streams now (nothing published after it has come either); one it did not
+        answer goes back to the outbox (``_put_back``) and out again."""
+        self._deliver_arrived()
+        echoes_due, self._echoes_due = self._echoes_due, {}
+        for due in echoes_due.values():
+            for item in due:
+                item.echo_due = False
+                if item.event_id is not None:
+                    self._deliver_late(item.run_id, _late_frame(item, item.event_id))
+
     def _on_outage_echo(self, run_id: str, relayed: wire.Relayed) -> None:
         """The echo of an outage event published here: the streams that came after it was
         delivered here get it now, after every message the channel brought before it and
@@ -624,10 +639,13 @@ class RedisBus(Bus):
         socket) let a message published just after it reach them first, and they then refused
         it as older than what they had (found by the soak, at the end of every Redis pause)."""
         due = self._echoes_due.get(run_id)
-        item = next((waiting for waiting in due if waiting.data == relayed.event_json), None) if due else None
-        if item is None or due is None or relayed.event_id is None:
+        if not due or relayed.event_id is None:
             return  # not one this session published on a subscribed channel: its listeners had it
-        while due[0] is not item:  # published earlier, their echo lost to an unsubscribe: late now
+        # The run's echoes come back in the order its events went out: the first one waiting.
+        # Its bytes are compared too, as a guard (an echo re-encoded, as one with a \u escape is,
+        # differs in bytes only: then it is the first one all the same).
+        item = next((waiting for waiting in due if waiting.data == relayed.event_json), due[0])
+        while due[0] is not item:
             due.popleft().echo_due = False
         due.popleft()
         item.echo_due = False
@@ -871,10 +889,7 @@ class RedisBus(Bus):
         self._sent.clear()
         self._confirmed.clear()
         self._replies_due.clear()
-        for due in self._echoes_due.values():  # their items wait in the outbox (put back) or were answered
-            for item in due:
-                item.echo_due = False
-        self._echoes_due.clear()
+        self._lose_echoes_due()
         self._release_held()
         # Events stay in the outbox, for the next connection; their listeners here get them now.
         for item in list(self._outbox):
