@@ -44,6 +44,7 @@ from soak_check import check  # noqa: E402
 from soak_plan import FAULTS, Plan  # noqa: E402
 
 from tests.cluster import Instance, Nginx  # noqa: E402
+from tests.redis_cluster import RedisCluster  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
 
 JWT_SECRET = "soak-jwt-secret-0b7e5d"
@@ -66,20 +67,29 @@ STREAMS_OPEN = re.compile(r"^sentri_streams_open (\S+)$", re.M)
 class Deployment:
     """Redis, the database, the instances and nginx, and what faults do to them."""
 
-    def __init__(self, work: str, instances: int, database: str, postgres_url: str, run_count: int) -> None:
+    def __init__(self, work: str, instances: int, database: str, postgres_url: str, run_count: int,
+                 redis_kind: str = "single") -> None:
         self.work = work
         self.logs = os.path.join(work, "logs")
         os.makedirs(self.logs, exist_ok=True)
         self.redis = RedisServer(os.path.join(work, "redis"), appendonly=True)
         os.makedirs(self.redis.folder, exist_ok=True)
+        # --redis cluster: 3 masters and 3 replicas (tests/redis_cluster.py) instead of one Redis;
+        # REDIS_URL then lists every node as a seed, and the Redis faults act on one master.
+        self.cluster = RedisCluster(os.path.join(work, "redis-cluster")) if redis_kind == "cluster" else None
         if database == "postgres":
             self.database_url = postgres_url
         else:
             self.sqlite_path = os.path.join(work, "soak.db")
             self.database_url = f"sqlite:///{self.sqlite_path}"
         self.database = database
-        self.redis.start()
-        self.base_env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis.url,
+        if self.cluster is not None:
+            self.cluster.start()
+            self.redis_url = self.cluster.seeds()
+        else:
+            self.redis.start()
+            self.redis_url = self.redis.url
+        self.base_env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
                          "JWT_SECRET": JWT_SECRET, "SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN,
                          "SENTRI_DATA_DIR": work, "SENTRI_BENCH_RUNS": str(run_count)}
         self.token = self.prepare()
@@ -111,18 +121,43 @@ class Deployment:
         self.incarnations[index] += 1
         instance.start(timeout_s=60)  # a loaded 2-core machine can take long to import and bind
 
-    def pause_redis(self, seconds: float) -> None:
+    def pause_redis(self, seconds: float, pick: int) -> str:
+        if self.cluster is not None:
+            # A master stops answering for longer than the node timeout (1 s): its replica takes
+            # over its slots, and the old master comes back as the new one's replica.
+            master = self._master(pick)
+            master.pause()
+            time.sleep(seconds)
+            master.resume()
+            self.cluster.wait_settled()
+            outcome = "its replica took over" if master.role() != "master" else "it stayed master"
+            return f"redis master {master.address} SIGSTOP for {seconds} s ({outcome})"
         assert self.redis.process is not None
         self.redis.process.send_signal(signal.SIGSTOP)
         time.sleep(seconds)
         self.redis.process.send_signal(signal.SIGCONT)
+        return f"redis SIGSTOP for {seconds} s"
 
-    def restart_redis(self, restart_after_s: float) -> None:
+    def restart_redis(self, restart_after_s: float, pick: int) -> str:
+        if self.cluster is not None:
+            # The cluster's nodes keep nothing on disk: a master's planned restart is a manual
+            # failover to its replica (CLUSTER FAILOVER: the replica first takes every write).
+            master = self._master(pick)
+            replica = self.cluster.replica_of(master)
+            replica.command("CLUSTER", "FAILOVER")
+            self.cluster.wait_promoted(replica)
+            return f"redis master {master.address} failed over to {replica.address} (CLUSTER FAILOVER)"
         assert self.redis.process is not None
         self.redis.process.terminate()  # SIGTERM: the append-only file is flushed before it exits
         self.redis.process.wait(30)
         time.sleep(restart_after_s)
         self.redis.start()
+        return f"redis SIGTERM, started again after {restart_after_s} s"
+
+    def _master(self, pick: int) -> Any:
+        assert self.cluster is not None
+        masters = sorted(self.cluster.masters(), key=lambda node: node.port)
+        return masters[pick % len(masters)]
 
     def stall_database(self, seconds: float) -> None:
         if self.database == "postgres":
@@ -181,6 +216,8 @@ class Deployment:
         if self.redis.process is not None:
             self.redis.process.send_signal(signal.SIGCONT)
         self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         shutil.rmtree(self.nginx_folder, ignore_errors=True)
 
 
@@ -202,11 +239,9 @@ def _apply_fault(deployment: Deployment, kind: str, params: Dict[str, Any]) -> s
         deployment.restart_instance(params["instance"], signal.SIGTERM, params["restart_after_s"])
         return f"instance {params['instance']} SIGTERM (drained), restarted after {params['restart_after_s']} s"
     if kind == "redis_pause":
-        deployment.pause_redis(params["seconds"])
-        return f"redis SIGSTOP for {params['seconds']} s"
+        return deployment.pause_redis(params["seconds"], params["pick"])
     if kind == "redis_restart":
-        deployment.restart_redis(params["restart_after_s"])
-        return f"redis SIGTERM, started again after {params['restart_after_s']} s"
+        return deployment.restart_redis(params["restart_after_s"], params["pick"])
     if kind == "nginx_reload":
         deployment.nginx.reload()
         return "nginx -s reload"
@@ -255,7 +290,7 @@ async def soak(args: argparse.Namespace, plan: Plan, deployment: Deployment, wor
     env = {**os.environ, "PYTHONPATH": ROOT}
     with open(os.path.join(work, "producers.stderr"), "wb") as stderr:
         producers = subprocess.Popen([sys.executable, os.path.join(HERE, "soak_producers.py"), plan_json, str(t0),
-                                      str(deployment.nginx.port), PUBLISH_TOKEN, deployment.redis.url,
+                                      str(deployment.nginx.port), PUBLISH_TOKEN, deployment.redis_url,
                                       deployment.database_url, os.path.join(work, "producers.jsonl")],
                                      env=env, stderr=stderr)
     per_process = -(-plan.streams // args.client_processes)
@@ -300,6 +335,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rss-target", type=float, default=5.0,
                         help="largest RSS growth of instance 0 after warm-up, in %% (5; 0: reported only)")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--redis", choices=("single", "cluster"), default="single",
+                        help="one Redis with an append-only file (single), or a Redis Cluster of 3 masters "
+                             "and 3 replicas, the Redis faults acting on one master (cluster)")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/sentri_soak",
                         help="an empty database for --database postgres (its tables are dropped first)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "soak"),
@@ -328,14 +366,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     print(f"soak: seed {plan.seed}, {plan.duration_s:.0f} s, {plan.streams} streams, {plan.events_per_s:.0f} "
           f"events/s, {len(plan.runs())} runs, {len(plan.faults())} faults, {plan.instances} instances, "
-          f"{args.database}; history in {work}", flush=True)
-    deployment = Deployment(work, plan.instances, args.database, args.postgres_url, len(plan.runs()))
+          f"{args.database}, redis {args.redis}; history in {work}", flush=True)
+    deployment = Deployment(work, plan.instances, args.database, args.postgres_url, len(plan.runs()), args.redis)
     try:
         failed_children = asyncio.run(soak(args, plan, deployment, work))
     finally:
         deployment.stop()
     verdict = check(work, deployment.database_url, args.out, started=started,
-                    database=args.database, failed_children=failed_children, rss_target_pct=args.rss_target)
+                    database=args.database, failed_children=failed_children, rss_target_pct=args.rss_target,
+                    redis_kind=args.redis)
     if not args.keep and not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if verdict else 1

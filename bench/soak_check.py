@@ -387,7 +387,7 @@ def rss_rows(work: str, plan: Plan) -> Tuple[List[List[str]], Optional[float]]:
 
 
 def check(work: str, database_url: str, out: str, started: str = "", database: str = "sqlite",
-          failed_children: int = 0, rss_target_pct: float = 5.0) -> bool:
+          failed_children: int = 0, rss_target_pct: float = 5.0, redis_kind: str = "single") -> bool:
     with open(os.path.join(work, "plan.json"), encoding="utf-8") as handle:
         plan = Plan.from_json(handle.read())
     published = Published(work)
@@ -418,10 +418,12 @@ def check(work: str, database_url: str, out: str, started: str = "", database: s
     rss_judged = rss_target_pct > 0
     rss_ok = not rss_judged or (witness_growth is not None and witness_growth < rss_target_pct)
     clean = not any(problems.values()) and rss_ok and verdict.counts["events checked"] > 0
+    redis_text = "a Redis Cluster (3 masters, 3 replicas)" if redis_kind == "cluster" else "one Redis (appendonly)"
     lines = [f"# Soak verdict: {'CLEAN' if clean else 'VIOLATIONS'}", "",
              f"{started}; seed {plan.seed}; {plan.duration_s:.0f} s; {plan.instances} instances behind nginx; "
              f"{plan.streams} streams; {plan.events_per_s:.0f} events/s; a fault every {plan.fault_every_s:.0f} s "
-             f"after {plan.warmup_s:.0f} s; {len(plan.runs())} runs; {database}; one Redis (appendonly)", "",
+             f"after {plan.warmup_s:.0f} s; {len(plan.runs())} runs; {database}; "
+             f"{redis_text}", "",
              "| promise | violations |", "|---|---|"]
     lines += [f"| {kind} | {count} |" for kind, count in problems.items()]
     growth_text = "n/a" if witness_growth is None else f"{witness_growth:+.1f} %"
@@ -458,7 +460,7 @@ def check(work: str, database_url: str, out: str, started: str = "", database: s
         handle.write(text)
     with open(os.path.join(out, "verdict.json"), "w", encoding="utf-8") as handle:
         json.dump({"clean": clean, "plan": json.loads(plan.to_json()), "started": started, "database": database,
-                   "problems": problems, "counts": dict(verdict.counts), "faults": dict(faults),
+                   "redis": redis_kind, "problems": problems, "counts": dict(verdict.counts), "faults": dict(faults),
                    "published": dict(published.by_via), "rss_witness_growth_pct": witness_growth,
                    "rss": rss, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, handle, indent=1)
     write_violations(out, verdict, published)
