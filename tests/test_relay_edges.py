@@ -649,6 +649,42 @@ def publish_replies_read_after(monkeypatch, meanwhile):
     monkeypatch.setattr(relay, "released_pipeline", pipeline_answering_late)
 
 
+@contextlib.asynccontextmanager
+async def an_outage_event_and_a_stream_that_came_after_it(relay_, redis_server, monkeypatch, kept,  # noqa: F811
+                                                           before_reconnect):
+    """A stream live on RUN-1 since before an outage (its run is repaired by the reconnect, then
+    released); while the relay reconnects with Redis frozen, ``kept`` is published here (that
+    stream has it at once, without an id) and a second stream registers; ``before_reconnect()``
+    runs last in the outage. Yields the second stream's client end once ``kept`` is published."""
+    bus, hub = relay_.bus, relay_.hub
+    streams, clients = [], []
+    try:
+        before, before_client = open_at(hub, "RUN-1", relay_.missed)
+        streams.append(before)
+        clients.append(before_client)
+        assert await bus.wait_subscribed("RUN-1", 5.0)
+        async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
+            assert await bus.publish_event("RUN-1", kept, False) is None  # kept for Redis
+            came_after, came_after_client = open_at(hub, "RUN-1", relay_.read_through)
+            streams.append(came_after)
+            clients.append(came_after_client)
+            before_reconnect()
+        await wait_until(lambda: bus.published == 1, what="the kept event published")
+        yield came_after_client
+    finally:
+        for stream in streams:
+            stream.close("done")
+        for client in clients:
+            client.close()
+
+
+def id_after_missed(redis_server, relay_):  # noqa: F811
+    """The id Redis gave the first event published after ``relay_.missed``."""
+    with redis_server.client() as admin:
+        (event_id, _), = admin.xrange(stream_key("RUN-1"), "(" + relay_.missed, "+", count=1)
+    return event_id.decode()
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_an_outage_event_reaches_a_stream_that_came_after_it_before_what_was_published_after_it(
         redis_server, monkeypatch, expect_log):  # noqa: F811
@@ -657,40 +693,22 @@ async def test_an_outage_event_reaches_a_stream_that_came_after_it_before_what_w
     # answered; another instance's event published just after it had reached them first, over
     # the subscriber's socket, and a stream refuses an id older than the newest it has.
     expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
-    clients = []
+    published_after = []
+    # A \u escape: its echo comes back re-encoded, so not byte for byte what was kept.
+    kept = b'{"type":"llm_token","token":"kept h\\u00e9re"}'
     async with relay_with_a_gap(redis_server) as relay_:
-        bus, hub = relay_.bus, relay_.hub
-        try:
-            # A stream from before the outage: the run is repaired by the reconnect, then released.
-            before, before_client = open_at(hub, "RUN-1", relay_.missed)
-            clients.append(before_client)
-            assert await bus.wait_subscribed("RUN-1", 5.0)
-            published_after = []
+        async def another_instance_publishes_meanwhile():
+            if not published_after:
+                event_id, _ = relay_.publisher.publish("RUN-1", "llm_token", {"token": "published after"})
+                published_after.append(event_id)
+                await wait_until(lambda: relay_.hub.newest_id("RUN-1") == event_id, what="its message delivered")
 
-            async def another_instance_publishes_meanwhile():
-                if not published_after:
-                    event_id, _ = relay_.publisher.publish("RUN-1", "llm_token", {"token": "published after"})
-                    published_after.append(event_id)
-                    await wait_until(lambda: hub.newest_id("RUN-1") == event_id, what="its message delivered")
-
-            async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
-                # A \u escape: its echo comes back re-encoded, so not byte for byte what was kept.
-                kept = b'{"type":"llm_token","token":"kept h\\u00e9re"}'
-                assert await bus.publish_event("RUN-1", kept, False) is None
-                came_after, came_after_client = open_at(hub, "RUN-1", relay_.read_through)
-                clients.append(came_after_client)
-                publish_replies_read_after(monkeypatch, another_instance_publishes_meanwhile)
-            await wait_until(lambda: bus.published == 1, what="the kept event published")
-            with redis_server.client() as admin:
-                (kept_id, _), = admin.xrange(stream_key("RUN-1"), "(" + relay_.missed, "+", count=1)
-            expected = (relay_.expected + sse.data_frame(kept, kept_id.decode())
+        async with an_outage_event_and_a_stream_that_came_after_it(
+                relay_, redis_server, monkeypatch, kept,
+                lambda: publish_replies_read_after(monkeypatch, another_instance_publishes_meanwhile)) as client:
+            expected = (relay_.expected + sse.data_frame(kept, id_after_missed(redis_server, relay_))
                         + token_frame("published after", published_after[0]))
-            assert await read_exactly(came_after_client, len(expected)) == expected
-            before.close("done")
-            came_after.close("done")
-        finally:
-            for client in clients:
-                client.close()
+            assert await read_exactly(client, len(expected)) == expected
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -700,36 +718,21 @@ async def test_an_outage_event_whose_echo_is_lost_with_the_connection_still_reac
     # it to those streams, went down with the subscriber's connection (dropped here: a real
     # connection cannot be made to lose exactly that message).
     expect_log("sentri.relay", r"relay lost redis at 127\.0\.0\.1:\d+ \(")
-    clients = []
     async with relay_with_a_gap(redis_server) as relay_:
-        bus, hub = relay_.bus, relay_.hub
-        try:
-            before, before_client = open_at(hub, "RUN-1", relay_.missed)
-            clients.append(before_client)
-            assert await bus.wait_subscribed("RUN-1", 5.0)
-            async with relay_reconnecting_with_redis_frozen(bus, redis_server, monkeypatch):
-                assert await bus.publish_event("RUN-1", b'{"type":"llm_token","token":"kept here"}', False) is None
-                came_after, came_after_client = open_at(hub, "RUN-1", relay_.read_through)
-                clients.append(came_after_client)
-                real_on_message = bus._on_run_message
+        bus = relay_.bus
+        real_on_message = bus._on_run_message
 
-                def echo_lost(channel, data, classic_on_cluster=False):
-                    if not data.endswith(b'|local"}'):
-                        real_on_message(channel, data, classic_on_cluster)
+        def echo_lost(channel, data, classic_on_cluster=False):
+            if not data.endswith(b'|local"}'):
+                real_on_message(channel, data, classic_on_cluster)
 
-                monkeypatch.setattr(bus, "_on_run_message", echo_lost)
-            await wait_until(lambda: bus.published == 1, what="the kept event published and answered")
-            assert bus._echoes_due  # its echo is awaited
+        async with an_outage_event_and_a_stream_that_came_after_it(
+                relay_, redis_server, monkeypatch, b'{"type":"llm_token","token":"kept here"}',
+                lambda: monkeypatch.setattr(bus, "_on_run_message", echo_lost)) as client:
+            assert bus._echoes_due  # answered, its echo awaited
             connects = bus.connects
             with redis_server.client() as admin:
                 admin.client_kill_filter(_type="pubsub")
             await wait_until(lambda: bus.connects > connects, what="the relay back")
-            with redis_server.client() as admin:
-                (kept_id, _), = admin.xrange(stream_key("RUN-1"), "(" + relay_.missed, "+", count=1)
-            expected = relay_.expected + token_frame("kept here", kept_id.decode())
-            assert await read_exactly(came_after_client, len(expected)) == expected
-            before.close("done")
-            came_after.close("done")
-        finally:
-            for client in clients:
-                client.close()
+            expected = relay_.expected + token_frame("kept here", id_after_missed(redis_server, relay_))
+            assert await read_exactly(client, len(expected)) == expected
