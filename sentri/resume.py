@@ -113,13 +113,11 @@ async def plan_start(history: History, run_id: str, last_event_id: Optional[str]
         and id_key(last_event_id) else None
     try:
         done_id = await history.done_id(run_id)
-        if valid_id is not None:
-            replay = await history.replay_after(run_id, valid_id)
-            if replay is not None:
-                plan = StartPlan(True, replay=replay, done_id=done_id, replay_from=valid_id)
-                history.unavailable = False
-                return plan
-        plan = StartPlan(asked, snapshot_id=await history.last_id(run_id), done_id=done_id)
+        replay = await history.replay_after(run_id, valid_id) if valid_id is not None else None
+        if replay is not None:
+            plan = StartPlan(True, replay=replay, done_id=done_id, replay_from=valid_id)
+        else:
+            plan = StartPlan(asked, snapshot_id=await history.last_id(run_id), done_id=done_id)
     except Exception as error:  # a history that cannot answer (Redis away) costs a snapshot
         if not history.unavailable:  # one line per outage, not one per connect
             history.unavailable = True

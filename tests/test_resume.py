@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from sentri.history import History
+from sentri.history import History, Replay
 from sentri.resume import plan_start
 
 from .sseclient import open_request
@@ -220,6 +220,37 @@ async def test_a_history_that_answers_again_after_an_outage_is_logged_once_as_av
     assert [r.getMessage() for r in caplog.records if r.name == "sentri.resume"] == ["history available again"]
 
 
+@pytest.mark.gen_test
+async def test_a_replay_read_after_an_outage_ends_it_once_so_the_next_outage_is_logged_once_more(caplog, expect_log):
+    # The replay path used to clear the outage silently: each connect of a flapping history
+    # then logged its own "unavailable" line (found in the soak's logs).
+    expect_log("sentri.resume", r"history unavailable, sending snapshots until it answers \(ConnectionError\)")
+    caplog.set_level(logging.INFO, logger="sentri.resume")
+    history = FlappingHistory()
+    history.unavailable = True  # the last read failed
+    assert (await plan_start(history, "RUN-1", "5-1")).replays
+    history.answers = False
+    for _ in range(3):
+        assert (await plan_start(history, "RUN-1", "5-1")).outcome == "history_unavailable"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "sentri.resume"] == [
+        ("INFO", "history available again"),
+        ("WARNING", "history unavailable, sending snapshots until it answers (ConnectionError)")]
+
+
+class FlappingHistory(History):
+    """Replays anything after any id while ``answers``; fails every read when not."""
+
+    answers = True
+
+    async def done_id(self, run_id):
+        if not self.answers:
+            raise ConnectionError("history away")
+        return None
+
+    async def replay_after(self, run_id, event_id):
+        return Replay([], client_has_done=False)
+
+
 class UnreadableHistory(History):
     async def done_id(self, run_id):
         raise ConnectionError("history away")
@@ -231,3 +262,4 @@ async def test_a_resume_while_history_cannot_be_read_is_answered_with_the_snapsh
     asked = await plan_start(UnreadableHistory(), "RUN-1", "5-1")
     assert (asked.replays, asked.outcome) == (False, "history_unavailable")
     assert (await plan_start(UnreadableHistory(), "RUN-1", None)).outcome is None  # no resume asked
+
