@@ -594,17 +594,22 @@ class RedisBus(Bus):
         come since either)."""
         if event_id is None or self._hub is None:
             return
-        if item.run_id in self._catching_up:
-            # Its run waits for a repair, which reads this event back: they get it then, in id
-            # order (a stream refuses an id older than the newest it has).
-            self._late_frames.setdefault(item.run_id, {})[event_id] = _late_frame(item, event_id)
-            return
-        if item.echo_due:
+        if item.echo_due and item.run_id not in self._catching_up:
             if wire.run_channel(item.run_id) in self._confirmed:
                 return  # its echo brings it, after every message published before it
             self._forget_echo(item)
-        self._deliver_arrived()
-        self._deliver_late(item.run_id, _late_frame(item, event_id))
+        self._to_late_streams(item, event_id)
+
+    def _to_late_streams(self, item: _Outgoing, event_id: str) -> None:
+        """An outage event, now with its id, to the streams that came after it was delivered here."""
+        late = _late_frame(item, event_id)
+        if item.run_id in self._catching_up:
+            # Its run waits for a repair, which reads this event back: they get it then, in id
+            # order (a stream refuses an id older than the newest it has).
+            self._late_frames.setdefault(item.run_id, {})[event_id] = late
+            return
+        self._deliver_arrived()  # what arrived before it first
+        self._deliver_late(item.run_id, late)
 
     def _expect_echo(self, item: _Outgoing) -> None:
         """An outage event about to be published: on a subscribed channel its echo will come."""
@@ -624,13 +629,12 @@ class RedisBus(Bus):
         """The connection is gone with the echoes still due: an outage event Redis answered goes
         to its late streams now (nothing published after it has come either); one it did not
         answer goes back to the outbox (``_put_back``) and out again."""
-        self._deliver_arrived()
         echoes_due, self._echoes_due = self._echoes_due, {}
         for due in echoes_due.values():
             for item in due:
                 item.echo_due = False
                 if item.event_id is not None:
-                    self._deliver_late(item.run_id, _late_frame(item, item.event_id))
+                    self._to_late_streams(item, item.event_id)
 
     def _on_outage_echo(self, run_id: str, relayed: wire.Relayed) -> None:
         """The echo of an outage event published here: the streams that came after it was
@@ -651,12 +655,7 @@ class RedisBus(Bus):
         item.echo_due = False
         if not due:
             del self._echoes_due[run_id]
-        late = _late_frame(item, relayed.event_id)
-        if run_id in self._catching_up:
-            self._late_frames.setdefault(run_id, {})[relayed.event_id] = late
-            return
-        self._deliver_arrived()
-        self._deliver_late(run_id, late)
+        self._to_late_streams(item, relayed.event_id)
 
     def _deliver_late(self, run_id: str, late: _LateFrame) -> None:
         if self._hub is not None:
