@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar
 
 import redis
@@ -21,6 +22,8 @@ import redis.asyncio
 from .redis_slots import ClusterDownError, Node, SlotMap, node_url, probe, probe_sync, seed_urls
 
 T = TypeVar("T")
+
+log = logging.getLogger("sentri.redis")
 
 # Answers that mean "not on this node (any more)": the command did not run, so it may be resent.
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
@@ -69,6 +72,9 @@ class RedisRouter:
             except Exception as error:  # that node is away: ask the next
                 last_error = error
                 continue
+            if self.is_cluster is None and self.slot_map is not None:
+                log.info("redis cluster: slot map asked again of %s: %s", url,
+                         "not a cluster" if found is None else f"{len(found.masters)} masters, covered={found.covered}")
             self.slot_map, self.is_cluster = found, found is not None
             return
         raise last_error if last_error is not None else ClusterDownError("no seed node")
@@ -111,11 +117,15 @@ class RedisRouter:
 
     async def call(self, name: str, command: Callable[[Any], Awaitable[T]]) -> T:
         """``command(client)`` on the node holding ``name``; once more after a stale-map error."""
+        client = None
         try:
-            return await command(await self.client_for(name))
+            client = await self.client_for(name)
+            return await command(client)
         except Exception as error:
             if not self.is_cluster or not is_stale_map_error(error):
                 raise
+            log.info("redis cluster: %s for %s at %s; asking for the slot map again (%s)", type(error).__name__,
+                     name, _address(client), error)
             self.stale()
         return await command(await self.client_for(name))
 
@@ -123,6 +133,14 @@ class RedisRouter:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
+
+
+def _address(client: Any) -> str:
+    """``host:port`` of an asyncio client, for logs (never its password)."""
+    if client is None:
+        return "no node"
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
 class SyncRedisRouter:
