@@ -125,6 +125,7 @@ def make_app(context: Context) -> tornado.web.Application:
 async def start(context: Context) -> None:
     """Start the timers and the relay; call on the IOLoop that will serve."""
     context.hub.start()
+    context.memory_trimmer.start()
     await context.bus.start()
     # Bounded by their own timeouts, and never failing: Redis may be away at start.
     await asyncio.gather(context.revocations.warm_up(), context.hub.history.warm_up())
@@ -132,6 +133,7 @@ async def start(context: Context) -> None:
 
 async def stop(context: Context) -> None:
     context.hub.stop()
+    context.memory_trimmer.stop()
     await context.bus.close()
     await context.hub.history.close()
     await context.revocations.close()

@@ -120,6 +120,14 @@ SETTINGS: Tuple[Setting, ...] = (
         "cyclic garbage, so RSS per stream does not grow with it.",
         minimum=1,
     ),
+    Setting(
+        "SENTRI_MEMORY_TRIM_INTERVAL_S",
+        float,
+        30.0,
+        "Seconds between returns of freed heap memory to the system (glibc's malloc_trim, on a worker "
+        "thread), so RSS comes back down after a reconnect storm's peak. 0: never.",
+        minimum=0,
+    ),
     # The Redis relay (README "Several instances (Redis)").
     Setting("SENTRI_RELAY_SUBSCRIBE_TIMEOUT_S", float, 1.0,
             "Seconds a new stream waits for Redis to confirm its run's subscription before reading the run.",
