@@ -14,7 +14,8 @@ from __future__ import annotations
 import binascii
 import functools
 import itertools
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.crc import key_slot as _key_slot
@@ -119,24 +120,30 @@ class Node(NamedTuple):
 class SlotMap:
     """Which master serves which slot, from one ``CLUSTER SLOTS`` answer."""
 
-    def __init__(self, ranges: Sequence[Tuple[int, int, Node]], replicas: Sequence[Node] = ()) -> None:
+    def __init__(self, ranges: Sequence[Tuple[int, int, Node]], replicas: Sequence[Node] = (),
+                 replica_counts: Optional[Dict[Node, int]] = None) -> None:
         self._owner: List[Optional[Node]] = [None] * SLOTS
         for first, last, node in ranges:
             for slot in range(first, last + 1):
                 self._owner[slot] = node
         self.masters: List[Node] = sorted({node for _, _, node in ranges})
         self.replicas: List[Node] = sorted(set(replicas) - set(self.masters))
+        # Replicas serving each master (CLUSTER SLOTS leaves out those the cluster marked failed).
+        self.replica_counts: Dict[Node, int] = dict(replica_counts or {})
 
     @classmethod
     def from_cluster_slots(cls, answer: Any, asked: Node) -> SlotMap:
         ranges: List[Tuple[int, int, Node]] = []
         replicas: List[Node] = []
+        counts: Dict[Node, int] = {}
         for row in answer or ():
             first, last, master = int(row[0]), int(row[1]), row[2]
             host = _text(master[0]) or asked.host  # "" or "?" means: the node that answered
-            ranges.append((first, last, Node(asked.host if host == "?" else host, int(master[1]))))
+            node = Node(asked.host if host == "?" else host, int(master[1]))
+            ranges.append((first, last, node))
             replicas.extend(Node(_text(replica[0]) or asked.host, int(replica[1])) for replica in row[3:])
-        return cls(ranges, replicas)
+            counts[node] = max(counts.get(node, 0), len(row) - 3)
+        return cls(ranges, replicas, counts)
 
     def owner(self, slot: int) -> Optional[Node]:
         return self._owner[slot]
@@ -209,6 +216,60 @@ class ClusterDownError(RedisError):
 
     A ``redis.RedisError``, so callers that handle Redis being away (``sentri emit``) handle it too.
     """
+
+
+# Redis Cluster replicates asynchronously. A master paused past the node timeout, whose replica
+# took over meanwhile, runs what waited in its sockets when it comes back, before it learns it
+# was replaced; the cluster then throws those writes away with their ids (found by the soak:
+# two events answered with ids that no stream and no history ever had). So on a master with a
+# replica, a publish is followed by ``WAIT 1 <REPLICA_CONFIRM_TIMEOUT_MS>``; when no replica
+# confirms in time, another master is asked who owns the slot now (``confirmed_or_still_owner``):
+# still the same node (a slow or lost replica: the write stands), or not (sent again to the
+# new owner: at worst twice in history, never lost).
+REPLICA_CONFIRM_TIMEOUT_MS = 100
+# A master whose replica did not confirm in time but that still serves its slots (its replica is
+# paused, dead or far behind) is not asked to wait again for this long: a failover needs that
+# replica, and each batch would otherwise wait the whole timeout.
+UNCONFIRMING_PAUSE_S = 5.0
+
+
+class ReplicaConfirmations:
+    """Whether a publish on a master is followed by ``WAIT`` for a replica's confirmation."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._not_before: Dict[Node, float] = {}
+
+    def wait_command(self, slot_map: Optional[SlotMap], node: Optional[Node]) -> Optional[Tuple[Any, ...]]:
+        """The ``WAIT`` to send after publishing on ``node``; None on a single Redis, for a master
+        without replicas, and for one whose replica lately did not confirm."""
+        if slot_map is None or node is None or slot_map.replica_counts.get(node, 0) == 0:
+            return None
+        if self._clock() < self._not_before.get(node, 0.0):
+            return None
+        return ("WAIT", 1, REPLICA_CONFIRM_TIMEOUT_MS)
+
+    def kept_unconfirmed(self, node: Node) -> None:
+        """``node`` still serves its slots although no replica confirmed: stop waiting on it for a while."""
+        self._not_before[node] = self._clock() + UNCONFIRMING_PAUSE_S
+
+
+def still_owner(node: Node, slots: Sequence[int], other: Node, answer_of_other: Any) -> bool:
+    """Whether ``node`` still serves every one of ``slots`` in ``other``'s ``CLUSTER SLOTS`` answer."""
+    seen = SlotMap.from_cluster_slots(answer_of_other, other)
+    return all(seen.owner(slot) == node for slot in slots)
+
+
+def other_master(slot_map: SlotMap, node: Node) -> Optional[Node]:
+    """A master to ask about ``node``'s slots: the next in order; None when it is the only one."""
+    others = [master for master in slot_map.masters if master != node]
+    return others[0] if others else None
+
+
+class UnconfirmedPublishError(RedisError):
+    """No replica confirmed a publish and its master no longer serves the slot: the write may be
+    thrown away by the cluster, so the publish is to be sent again (a ``redis.RedisError``:
+    callers that retry on Redis errors retry it)."""
 
 
 class ClusterChangedError(RedisError):

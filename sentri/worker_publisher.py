@@ -36,7 +36,7 @@ from .bus import messages as wire
 from .config import SETTINGS_BY_NAME, SettingsError
 from .redis_history import PublishCall, script_result
 from .redis_router import SyncRedisRouter
-from .redis_slots import Node
+from .redis_slots import Node, ReplicaConfirmations, UnconfirmedPublishError, key_slot, other_master, still_owner
 
 if TYPE_CHECKING:
     from .event_intake import PreparedEvent
@@ -74,6 +74,7 @@ class RunEventPublisher:
         # clients would never see what workers publish.
         self.cluster_node_compat = cluster_node_compat
         self._call = PublishCall(self.origin, *self._history_settings)
+        self._confirmations = ReplicaConfirmations()  # on a cluster (sentri.redis_slots)
         self._database: Optional[peewee.Database] = None
         self._models_were_bound_to: Optional[peewee.Database] = None
         self._has_agent_events = False
@@ -209,9 +210,31 @@ class RunEventPublisher:
                 keys, args = self._call(run_id, wire.encode_event(event.event_type, event.body),
                                         event.event_type == "done")
                 script(keys=keys, args=args, client=pipeline)
-            for position, result in zip(positions, pipeline.execute()):
+            wait = self._confirmations.wait_command(self._router.slot_map, node)
+            if wait is not None:
+                pipeline.execute_command(*wait)
+            answers = pipeline.execute()
+            if wait is not None and int(answers.pop()) < 1 and node is not None:
+                self._confirm_owner(node, [key_slot(wire.run_channel(events[p][0])) for p in positions])
+            for position, result in zip(positions, answers):
                 results[position] = script_result(result)
         return results
+
+    def _confirm_owner(self, node: Node, slots: List[int]) -> None:
+        """No replica confirmed the publishes on ``node`` in time: raise ``UnconfirmedPublishError``
+        unless another master says ``node`` still serves their slots (``sentri.redis_slots``)."""
+        slot_map = self._router.slot_map
+        other = other_master(slot_map, node) if slot_map is not None else None
+        if other is None:
+            return
+        try:
+            answer = self._router.client_at(other).execute_command("CLUSTER", "SLOTS")
+        except redis.RedisError:
+            answer = None
+        if answer is None or not still_owner(node, slots, other, answer):
+            raise UnconfirmedPublishError(f"no replica of {node} confirmed the publish and it no longer serves the "
+                                          f"run's slot: publish again")
+        self._confirmations.kept_unconfirmed(node)
 
     def close(self) -> None:
         """Send what is queued, then let go of Redis and the database."""

@@ -160,6 +160,10 @@ class RedisCluster:
         # only what it had not sent yet, not everything written since the cluster was made.
         wait_for(lambda: all(node.replication().get("master_link_status") == "up"
                              for node in self.alive() if node.role() == "slave"), "replicas in sync")
+        # ... and every node's slot map lists each master's replica (a publisher asks whether its
+        # master has one before it waits for its confirmation: sentri.redis_slots).
+        wait_for(lambda: all(len(row) > 3 for node in self.alive() for row in node.command("CLUSTER", "SLOTS")),
+                 "replicas in every node's slot map")
         return self
 
     def stop(self) -> None:

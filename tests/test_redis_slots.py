@@ -5,7 +5,20 @@ from __future__ import annotations
 import pytest
 
 from sentri.redis_history import PublishCall
-from sentri.redis_slots import Node, SlotMap, cluster_keys, key_slot, node_url, seed_urls, slot_tags
+from sentri.redis_slots import (
+    REPLICA_CONFIRM_TIMEOUT_MS,
+    UNCONFIRMING_PAUSE_S,
+    Node,
+    ReplicaConfirmations,
+    SlotMap,
+    cluster_keys,
+    key_slot,
+    node_url,
+    other_master,
+    seed_urls,
+    slot_tags,
+    still_owner,
+)
 
 
 @pytest.mark.parametrize("url, seeds", [
@@ -72,3 +85,34 @@ def test_the_slot_map_reads_cluster_slots_and_knows_when_a_slot_has_no_master():
     assert str(slot_map.owner(0)) == "10.0.0.1:7000"
     assert slot_map.owner(16383) is None
     assert not slot_map.covered
+    assert slot_map.replica_counts == {Node("10.0.0.1", 7000): 1, Node("10.0.0.9", 7001): 0}
+
+
+SLOTS_ANSWER = [[0, 8191, [b"10.0.0.1", 7000, b"id1"], [b"10.0.0.4", 7003, b"id4"]],
+                [8192, 16383, [b"10.0.0.2", 7001, b"id2"]]]
+FIRST, SECOND = Node("10.0.0.1", 7000), Node("10.0.0.2", 7001)
+
+
+def test_a_publish_waits_for_a_replica_only_on_a_master_that_has_one_and_not_again_soon_after_one_did_not_confirm():
+    now = [100.0]
+    confirmations = ReplicaConfirmations(clock=lambda: now[0])
+    slot_map = SlotMap.from_cluster_slots(SLOTS_ANSWER, asked=FIRST)
+    assert confirmations.wait_command(slot_map, FIRST) == ("WAIT", 1, REPLICA_CONFIRM_TIMEOUT_MS)
+    assert confirmations.wait_command(slot_map, SECOND) is None  # no replica
+    assert confirmations.wait_command(None, None) is None  # a single Redis
+
+    confirmations.kept_unconfirmed(FIRST)
+    now[0] += UNCONFIRMING_PAUSE_S - 0.1
+    assert confirmations.wait_command(slot_map, FIRST) is None
+    now[0] += 0.1
+    assert confirmations.wait_command(slot_map, FIRST) == ("WAIT", 1, REPLICA_CONFIRM_TIMEOUT_MS)
+
+
+def test_another_masters_slot_map_says_whether_a_node_still_serves_the_slots_it_published_in():
+    slot_map = SlotMap.from_cluster_slots(SLOTS_ANSWER, asked=FIRST)
+    assert other_master(slot_map, FIRST) == SECOND
+    assert other_master(SlotMap.from_cluster_slots(SLOTS_ANSWER[:1], asked=FIRST), FIRST) is None
+    after_failover = [[0, 8191, [b"10.0.0.4", 7003, b"id4"]], SLOTS_ANSWER[1]]
+    assert still_owner(FIRST, [0, 8191], SECOND, SLOTS_ANSWER)
+    assert not still_owner(FIRST, [0], SECOND, after_failover)
+    assert not still_owner(FIRST, [0, 8192], SECOND, SLOTS_ANSWER)

@@ -42,11 +42,14 @@ from ..redis_slots import (
     ClusterChangedError,
     ClusterDownError,
     Node,
+    ReplicaConfirmations,
     SlotMap,
     cluster_keys,
     key_slot,
     node_url,
+    other_master,
     slot_tags,
+    still_owner,
 )
 from . import messages as wire
 from .redis import CONNECT_TIMEOUT_S, PUBLISH_BATCH, SUBSCRIBE_BATCH, RedisBus, _batches, _Outgoing, _text
@@ -79,6 +82,7 @@ class ClusterSession:
         self._classic: Any = None
         self._classic_sent: Set[str] = set()  # run channels subscribed classic (Node compatibility)
         self._last_heard: Dict[str, float] = {}
+        self._confirmations = ReplicaConfirmations()
 
     def _client(self, node: Node, **options: Any) -> Any:
         client = redis.asyncio.Redis.from_url(
@@ -292,6 +296,7 @@ class ClusterSession:
 
     async def _run_pipeline(self, node: Node, items: List[_Outgoing]) -> List[Any]:
         bus = self.bus
+        wait = self._confirmations.wait_command(self.slot_map, node)
         async with released_pipeline(self._publishers[node], transaction=False) as pipe:
             for item in items:
                 if item.raw:
@@ -301,9 +306,32 @@ class ClusterSession:
                                                            item.delivered_here)
                     bus._expect_echo(item)
                     await self._scripts[node](keys=keys, args=args, client=pipe)
+            if wait is not None:  # a replica's confirmation (sentri.redis_slots.REPLICA_CONFIRM_TIMEOUT_MS)
+                pipe.execute_command(*wait)
             # Errors come back in place (a shard that stopped owning a slot answers MOVED for
             # the scripts it did not run): the answered ones are not sent twice.
-            return list(await pipe.execute(raise_on_error=False))
+            answers = list(await pipe.execute(raise_on_error=False))
+        if wait is not None:
+            confirmed = answers.pop()
+            if isinstance(confirmed, Exception) or int(confirmed) < 1:
+                await self._confirm_owner(node, items)
+        return answers
+
+    async def _confirm_owner(self, node: Node, items: List[_Outgoing]) -> None:
+        """No replica confirmed the publishes on ``node`` in time: unless another master says it
+        still serves their slots, end the session with them unanswered, so they are put back and
+        published again on the slot's new owner (``RedisBus._put_back``)."""
+        other = other_master(self.slot_map, node)
+        if other is None:
+            return
+        try:
+            answer = await self._control[other].execute_command("CLUSTER", "SLOTS")
+        except Exception:  # that master cannot tell either: publish again rather than risk a loss
+            answer = None
+        slots = [key_slot(wire.run_channel(item.run_id)) for item in items]
+        if answer is None or not still_owner(node, slots, other, answer):
+            raise ClusterChangedError(f"no replica of {node} confirmed a publish and it no longer serves the slot")
+        self._confirmations.kept_unconfirmed(node)
 
     # -- liveness -------------------------------------------------------------------------------
 
