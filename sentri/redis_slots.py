@@ -249,9 +249,14 @@ class ReplicaConfirmations:
             return None
         return ("WAIT", 1, REPLICA_CONFIRM_TIMEOUT_MS)
 
-    def kept_unconfirmed(self, node: Node) -> None:
-        """``node`` still serves its slots although no replica confirmed: stop waiting on it for a while."""
+    def answers_stand(self, node: Node, slots: Sequence[int], other: Node, answer_of_other: Any) -> bool:
+        """No replica confirmed the publishes on ``node``: whether their answers stand, by
+        ``other``'s ``CLUSTER SLOTS`` answer (None: it could not say). When they do, ``node``
+        is not made to wait again for ``UNCONFIRMING_PAUSE_S``."""
+        if answer_of_other is None or not still_owner(node, slots, other, answer_of_other):
+            return False
         self._not_before[node] = self._clock() + UNCONFIRMING_PAUSE_S
+        return True
 
 
 def still_owner(node: Node, slots: Sequence[int], other: Node, answer_of_other: Any) -> bool:

@@ -36,7 +36,7 @@ from .bus import messages as wire
 from .config import SETTINGS_BY_NAME, SettingsError
 from .redis_history import PublishCall, script_result
 from .redis_router import SyncRedisRouter
-from .redis_slots import Node, ReplicaConfirmations, UnconfirmedPublishError, key_slot, other_master, still_owner
+from .redis_slots import Node, ReplicaConfirmations, UnconfirmedPublishError, key_slot, other_master
 
 if TYPE_CHECKING:
     from .event_intake import PreparedEvent
@@ -231,10 +231,9 @@ class RunEventPublisher:
             answer = self._router.client_at(other).execute_command("CLUSTER", "SLOTS")
         except redis.RedisError:
             answer = None
-        if answer is None or not still_owner(node, slots, other, answer):
+        if not self._confirmations.answers_stand(node, slots, other, answer):
             raise UnconfirmedPublishError(f"no replica of {node} confirmed the publish and it no longer serves the "
                                           f"run's slot: publish again")
-        self._confirmations.kept_unconfirmed(node)
 
     def close(self) -> None:
         """Send what is queued, then let go of Redis and the database."""

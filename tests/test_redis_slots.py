@@ -101,7 +101,9 @@ def test_a_publish_waits_for_a_replica_only_on_a_master_that_has_one_and_not_aga
     assert confirmations.wait_command(slot_map, SECOND) is None  # no replica
     assert confirmations.wait_command(None, None) is None  # a single Redis
 
-    confirmations.kept_unconfirmed(FIRST)
+    assert not confirmations.answers_stand(FIRST, [0], SECOND, None)  # the other master could not say
+    assert confirmations.wait_command(slot_map, FIRST) == ("WAIT", 1, REPLICA_CONFIRM_TIMEOUT_MS)
+    assert confirmations.answers_stand(FIRST, [0], SECOND, SLOTS_ANSWER)
     now[0] += UNCONFIRMING_PAUSE_S - 0.1
     assert confirmations.wait_command(slot_map, FIRST) is None
     now[0] += 0.1

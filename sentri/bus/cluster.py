@@ -49,7 +49,6 @@ from ..redis_slots import (
     node_url,
     other_master,
     slot_tags,
-    still_owner,
 )
 from . import messages as wire
 from .redis import CONNECT_TIMEOUT_S, PUBLISH_BATCH, SUBSCRIBE_BATCH, RedisBus, _batches, _Outgoing, _text
@@ -329,9 +328,8 @@ class ClusterSession:
         except Exception:  # that master cannot tell either: publish again rather than risk a loss
             answer = None
         slots = [key_slot(wire.run_channel(item.run_id)) for item in items]
-        if answer is None or not still_owner(node, slots, other, answer):
+        if not self._confirmations.answers_stand(node, slots, other, answer):
             raise ClusterChangedError(f"no replica of {node} confirmed a publish and it no longer serves the slot")
-        self._confirmations.kept_unconfirmed(node)
 
     # -- liveness -------------------------------------------------------------------------------
 
