@@ -39,6 +39,23 @@ def is_stale_map_error(error: BaseException) -> bool:
     return False
 
 
+# redis-py names some redirects by class and strips their word from the message (hiredis or not
+# decides which): the word comes back, so a log line reads as Redis's own answer either way.
+_REDIRECT_CLASSES = {"MovedError": "MOVED", "AskError": "ASK", "TryAgainError": "TRYAGAIN",
+                     "ClusterDownError": "CLUSTERDOWN"}
+
+
+def what_failed(error: BaseException) -> str:
+    """``Redis answered MOVED 866 10.0.0.2:7001``, or ``TimeoutError (Timeout reading from ...)``."""
+    if isinstance(error, redis.ResponseError):
+        answer = str(error)
+        word = _REDIRECT_CLASSES.get(type(error).__name__)
+        if word is not None and not answer.startswith(word):
+            answer = f"{word} {answer}"
+        return f"Redis answered {answer}"
+    return f"{type(error).__name__} ({error})"
+
+
 def probe_order(seeds: List[str], slot_map: Optional[SlotMap]) -> List[str]:
     """Whom to ask for the slot map, in turn: the seeds, then every node the last map named."""
     known = slot_map.nodes if slot_map is not None else []
@@ -124,8 +141,8 @@ class RedisRouter:
         except Exception as error:
             if not self.is_cluster or not is_stale_map_error(error):
                 raise
-            log.info("redis cluster: %s for %s at %s; asking for the slot map again (%s)", type(error).__name__,
-                     name, _address(client), error)
+            log.info("redis cluster: %s for %s at %s; asking for the slot map again", what_failed(error), name,
+                     _address(client))
             self.stale()
         return await command(await self.client_for(name))
 

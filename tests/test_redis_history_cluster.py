@@ -9,8 +9,11 @@ import asyncio
 import logging
 
 import pytest
+import redis
+from redis.exceptions import MovedError
 
 from sentri.redis_history import RedisHistory
+from sentri.redis_router import what_failed
 from sentri.redis_slots import key_slot
 from sentri.worker_publisher import RunEventPublisher
 
@@ -47,7 +50,14 @@ async def test_a_history_read_answered_moved_is_logged_and_read_again_from_the_s
     assert new_master is not old_master
     redirects = [record.getMessage() for record in caplog.records if record.name == "sentri.redis"]
     assert redirects == [
-        f"redis cluster: MovedError for {CHANNEL} at {old_master.address}; asking for the slot map again "
-        f"({key_slot(CHANNEL)} {new_master.address})",
+        f"redis cluster: Redis answered MOVED {key_slot(CHANNEL)} {new_master.address} for {CHANNEL} at "
+        f"{old_master.address}; asking for the slot map again",
         f"redis cluster: slot map asked again of {cluster.nodes[0].url}: 3 masters, covered=True",
     ]
+
+
+def test_a_redirect_is_logged_as_redis_sent_it_whichever_parser_named_it():
+    with_hiredis, pure_python = MovedError("866 10.0.0.2:7001"), redis.ResponseError("MOVED 866 10.0.0.2:7001")
+    assert what_failed(with_hiredis) == what_failed(pure_python) == "Redis answered MOVED 866 10.0.0.2:7001"
+    assert what_failed(redis.TimeoutError("Timeout reading from 10.0.0.2:7001")) == (
+        "TimeoutError (Timeout reading from 10.0.0.2:7001)")
