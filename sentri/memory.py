@@ -5,9 +5,11 @@ connects, requests and buffers at once than the steady state does. Once they are
 keeps the free pages inside its heap, so the process's RSS stays at the storm's peak for good:
 the soak's long run on a Redis Cluster saw an instance that was never restarted go from 84 to
 98 MB in a storm of 1,200 reconnects after an nginx reload, and stay there with the same number
-of streams open as before (+17.8 %, the RSS target is 5 %). Python's own small-object arenas
-are not the cause: ``malloc_trim(0)``, which also gives back free pages in the middle of the
-heap (``madvise``), took the same storm's server from 76 back to 62 MB.
+of streams open as before (+17.8 %, the RSS target is 5 %). Most of that is free pages inside
+glibc's heap, not Python's own small-object arenas: in an experiment (one instance, 600 streams,
+three storms of 1,200 reconnects) ``malloc_trim(0)``, which also gives back free pages in the
+middle of the heap (``madvise``), took the server from 76 back to 62 MB. What a storm leaves in
+Python's arenas (a few MB, partly filled by its long-lived objects) no trim returns.
 
 Every ``SENTRI_MEMORY_TRIM_INTERVAL_S`` (0: never) the trim runs on a worker thread: ctypes
 releases the GIL for the call, so the IOLoop goes on serving; a ``malloc`` on the loop thread

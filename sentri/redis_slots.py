@@ -223,7 +223,7 @@ class ClusterDownError(RedisError):
 # was replaced; the cluster then throws those writes away with their ids (found by the soak:
 # two events answered with ids that no stream and no history ever had). So on a master with a
 # replica, a publish is followed by ``WAIT 1 <REPLICA_CONFIRM_TIMEOUT_MS>``; when no replica
-# confirms in time, another master is asked who owns the slot now (``confirmed_or_still_owner``):
+# confirms in time, another master is asked who owns the slot now (``ReplicaConfirmations``):
 # still the same node (a slow or lost replica: the write stands), or not (sent again to the
 # new owner: at worst twice in history, never lost).
 REPLICA_CONFIRM_TIMEOUT_MS = 100
@@ -266,7 +266,7 @@ def still_owner(node: Node, slots: Sequence[int], other: Node, answer_of_other: 
 
 
 def other_master(slot_map: SlotMap, node: Node) -> Optional[Node]:
-    """A master to ask about ``node``'s slots: the next in order; None when it is the only one."""
+    """A master to ask about ``node``'s slots: the first other one in order; None when it is the only one."""
     others = [master for master in slot_map.masters if master != node]
     return others[0] if others else None
 

@@ -189,8 +189,10 @@ class RunEventPublisher:
         """The scripts in one pipeline per Redis (on a cluster: per master, each in input order).
 
         Raises ``redis.RedisError`` when Redis is unreachable or a shard refused (a failover
-        or a slot moving): then some events may have been published and others not; the
-        caller may publish again (a retried event can be in history twice, never lost).
+        or a slot moving), and ``UnconfirmedPublishError`` when no replica confirmed and the
+        master no longer serves the slot (docs/relay.md §9): then some events may have been
+        published and others not; the caller may publish again (a retried event can be in
+        history twice, never lost).
         """
         self._router.ensure_known()
         cluster = bool(self._router.is_cluster)
