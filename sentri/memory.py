@@ -56,7 +56,7 @@ def resident_bytes() -> Optional[int]:
 
 class MemoryTrimmer:
     """Runs ``trim(0)`` (``glibc_malloc_trim()``; None: there is none) every ``interval_s`` on the
-    default executor, and counts what it gave back."""
+    default executor, and counts its trims."""
 
     def __init__(self, interval_s: float, trim: Optional[Callable[[int], int]]) -> None:
         self.interval_s = interval_s
@@ -64,7 +64,6 @@ class MemoryTrimmer:
         self._timer: Optional[PeriodicCallback] = None
         self._running: Optional[asyncio.Future[int]] = None
         self.trims = 0
-        self.returned_bytes = 0
 
     @property
     def enabled(self) -> bool:
@@ -91,7 +90,6 @@ class MemoryTrimmer:
             return 0
         returned = await asyncio.get_running_loop().run_in_executor(None, self._trim_measured)
         self.trims += 1
-        self.returned_bytes += returned
         if returned >= 1 << 20:
             log.debug("gave %.1f MB of freed heap back to the system", returned / (1 << 20))
         return returned

@@ -27,6 +27,10 @@ log = logging.getLogger("sentri.redis")
 
 # Answers that mean "not on this node (any more)": the command did not run, so it may be resent.
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+# redis-py names them by class and strips their word from the message (hiredis or not decides
+# which): recognised by either, and a log line puts the word back (``what_failed``).
+_REDIRECT_CLASSES = {"MovedError": "MOVED", "AskError": "ASK", "TryAgainError": "TRYAGAIN",
+                     "ClusterDownError": "CLUSTERDOWN"}
 
 
 def is_stale_map_error(error: BaseException) -> bool:
@@ -34,15 +38,8 @@ def is_stale_map_error(error: BaseException) -> bool:
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError, ClusterDownError, OSError)):
         return True
     if isinstance(error, redis.ResponseError):
-        return str(error).split(" ", 1)[0] in _REDIRECTS or type(error).__name__ in ("MovedError", "AskError",
-                                                                                  "TryAgainError", "ClusterDownError")
+        return str(error).split(" ", 1)[0] in _REDIRECTS or type(error).__name__ in _REDIRECT_CLASSES
     return False
-
-
-# redis-py names some redirects by class and strips their word from the message (hiredis or not
-# decides which): the word comes back, so a log line reads as Redis's own answer either way.
-_REDIRECT_CLASSES = {"MovedError": "MOVED", "AskError": "ASK", "TryAgainError": "TRYAGAIN",
-                     "ClusterDownError": "CLUSTERDOWN"}
 
 
 def what_failed(error: BaseException) -> str:
