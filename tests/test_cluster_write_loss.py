@@ -3,30 +3,37 @@ paused past the node timeout, whose replica took over, runs the publish that wai
 when it comes back, answers it with an id, and the cluster then throws that write away. A
 publish on a master with a replica is trusted once a replica confirmed it (``WAIT``), or once
 another master says the node still serves the slot; otherwise it fails, to be sent again.
+The same master also ``SPUBLISH``es that write to the instances still subscribed on it: what a
+master sends after a silence is read once another master vouches for it
+(``sentri.bus.cluster.VOUCH_AFTER_SILENCE_S``), else the session ends unread.
 
 Each test has a cluster of its own (it pauses its nodes)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import time
 
 import pytest
 import redis
 import redis.asyncio
 
+from sentri.bus import cluster as relay_cluster
 from sentri.redis_slots import UnconfirmedPublishError, cluster_keys, key_slot
 from sentri.worker_publisher import RunEventPublisher
 
+from .frames import open_live
 from .redis_cluster import redis_cluster_own, wait_for  # noqa: F401 (fixture)
 
 CHANNEL = "sentri:run:RUN-7"
 LINE = {"message": "[2026-01-01T00:00:00.000Z] one"}
 
 
-def history_ids(cluster) -> list:
-    with cluster.master_of(CHANNEL).client() as client:
-        return [entry_id.decode() for entry_id, _ in client.xrange(cluster_keys("RUN-7").stream)]
+def history_ids(cluster, run_id: str = "RUN-7") -> list:
+    with cluster.master_of(f"sentri:run:{run_id}").client() as client:
+        return [entry_id.decode() for entry_id, _ in client.xrange(cluster_keys(run_id).stream)]
 
 
 def waits_answered(node) -> int:
@@ -159,3 +166,95 @@ async def test_the_relay_publishes_again_what_no_replica_confirmed_on_a_master_t
     # The first write stands here (no real failover threw it away); the second is the same event
     # put back, delivered here and published again, as after any publish Redis may not have run.
     assert origins == [context.instance_id, f"{context.instance_id}|local"]
+
+
+# -- what a master sends after a silence (sentri.bus.cluster.VOUCH_AFTER_SILENCE_S) ---------------
+
+LIVE_CHANNEL = "sentri:run:RUN-1"  # the world's run, streamed by open_live
+# Published by "another instance" into the paused master's socket: an id no history holds, as
+# the doomed writes of a replaced master.
+DOOMED = b'{"type":"log","message":"[2026-01-01T00:00:00.000Z] doomed","_origin":"elsewhere|9999999999999-9999"}'
+PAUSE_S = 0.8  # under the test cluster's node timeout (1 s): no real failover
+
+
+def spublish_into_the_paused_master(master) -> socket.socket:
+    """A raw ``SPUBLISH`` that waits in the paused master's socket and runs when it comes back."""
+    command = [b"SPUBLISH", LIVE_CHANNEL.encode(), DOOMED]
+    sock = socket.create_connection(("127.0.0.1", master.port), timeout=5)
+    sock.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in command))
+    return sock
+
+
+async def pause_and_spublish(cluster) -> None:
+    master = cluster.master_of(LIVE_CHANNEL)
+    master.pause()
+    try:
+        await asyncio.sleep(PAUSE_S / 2)
+        sock = spublish_into_the_paused_master(master)
+        await asyncio.sleep(PAUSE_S / 2)
+    finally:
+        master.resume()
+    await asyncio.get_running_loop().run_in_executor(None, sock.recv, 100)  # it ran: ":<receivers>"
+    sock.close()
+
+
+@pytest.fixture
+def vouch_after_short_silences(monkeypatch):
+    # Shorter than PAUSE_S less a probe interval, with room for a loaded machine's late timers.
+    monkeypatch.setattr(relay_cluster, "VOUCH_AFTER_SILENCE_S", 0.3)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_what_a_master_sends_after_a_silence_reaches_listeners_once_another_master_says_it_still_serves_the_slot(
+        port, context, world, redis_cluster_own, vouch_after_short_silences, caplog):  # noqa: F811
+    cluster = redis_cluster_own
+    assert await context.bus.wait_connected(10.0)
+    listener = await open_live(port, world)
+    await wait_until(lambda: cluster.shard_subscribers(LIVE_CHANNEL) == 1, "the run's channel subscribed")
+    connects = context.bus.connects
+
+    with caplog.at_level("INFO", logger="sentri.relay"):
+        await pause_and_spublish(cluster)
+        assert await listener.next_frame(10.0) == (
+            b'id: 9999999999999-9999\n'
+            b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] doomed"}\n\n')
+
+    assert context.bus.connects == connects  # the session went on
+    vouched = [record.getMessage() for record in caplog.records if "answered nothing" in record.getMessage()]
+    assert len(vouched) == 1
+    assert re.fullmatch(rf"relay: redis {re.escape(cluster.master_of(LIVE_CHANNEL).address)} answered nothing for "
+                        r"0\.\d s; 127\.0\.0\.1:\d+ says it still serves its slots", vouched[0]), vouched
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_what_a_master_sends_after_a_silence_is_never_delivered_when_another_master_says_it_was_replaced(
+        port, context, world, redis_cluster_own, vouch_after_short_silences, monkeypatch, expect_log):  # noqa: F811
+    expect_log("sentri.relay", r"relay lost redis at .*\(ClusterChangedError: 127\.0\.0\.1:\d+ answered nothing "
+                               r"for \d\.\d s and 127\.0\.0\.1:\d+ says it no longer serves its slots\)")
+    cluster = redis_cluster_own
+    assert await context.bus.wait_connected(10.0)
+    listener = await open_live(port, world)
+    await wait_until(lambda: cluster.shard_subscribers(LIVE_CHANNEL) == 1, "the run's channel subscribed")
+    connects = context.bus.connects
+    replica = cluster.replica_of(cluster.master_of(LIVE_CHANNEL))
+    real_execute = redis.asyncio.Redis.execute_command
+    faked = []
+
+    async def execute(client, *args, **options):  # the other master's answer, once: the failover is faked
+        answer = await real_execute(client, *args, **options)
+        if args == ("CLUSTER", "SLOTS") and not faked:
+            faked.append(answer)
+            return cluster_slots_after_a_failover(answer, key_slot(LIVE_CHANNEL), replica)
+        return answer
+
+    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", execute)
+    await pause_and_spublish(cluster)
+    await wait_until(lambda: context.bus.connects == connects + 1, "a new session on the (real) slot map")
+    assert faked  # the vouch asked
+    await wait_until(lambda: cluster.shard_subscribers(LIVE_CHANNEL) == 1, "the run's channel subscribed again")
+
+    context.hub.emit("RUN-1", "log", {"message": "[2026-01-01T00:00:00.000Z] after"})
+    event_id, _, data = (await listener.next_frame(10.0)).partition(b"\n")
+    assert data == b'data: {"type":"log","message":"[2026-01-01T00:00:00.000Z] after"}\n\n'
+    assert event_id == b"id: " + history_ids(cluster, "RUN-1")[-1].encode()  # not the doomed id before it
+

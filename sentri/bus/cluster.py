@@ -15,7 +15,10 @@ cluster, ended by the first error like the single-Redis session:
   failover or a migration) or a ``cluster_state`` other than ``ok`` ends the session; the
   supervisor asks the cluster for its slot map again, subscribes every wanted run on its new
   owner and repairs the gap from the runs' streams (``RedisBus._catch_up``), live messages
-  held meanwhile, so listeners miss nothing and get nothing twice.
+  held meanwhile, so listeners miss nothing and get nothing twice;
+- what a master sends after a silence (``VOUCH_AFTER_SILENCE_S``) is read only once another
+  master says it still serves this instance's slots there: a master replaced while paused
+  publishes, when it comes back, writes the cluster then throws away.
 
 Ending every shard's session for one shard's trouble is deliberate: while a master is being
 replaced the cluster refuses commands on every node anyway (``cluster_state:fail``), and one
@@ -28,7 +31,8 @@ import asyncio
 import logging
 import time
 import zlib
-from typing import Any, Dict, List, Optional, Set, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 import redis
 import redis.asyncio
@@ -49,6 +53,7 @@ from ..redis_slots import (
     node_url,
     other_master,
     slot_tags,
+    still_owner,
 )
 from . import messages as wire
 from .redis import CONNECT_TIMEOUT_S, PUBLISH_BATCH, SUBSCRIBE_BATCH, RedisBus, _batches, _Outgoing, _text
@@ -57,6 +62,18 @@ log = logging.getLogger("sentri.relay")
 
 # The reply types of sharded pub/sub, as the relay's shared bookkeeping names their classic twins.
 _SHARDED_TYPES = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
+
+
+# A master that answered nothing for this long may have been replaced meanwhile (a failover takes
+# at least the node timeout, seconds). Coming back, it runs the publishes that waited in its
+# sockets and SPUBLISHes them before it learns it was replaced; the cluster then throws those
+# writes away, so their ids are never in history and the new master hands them out again. So
+# what it sends after such a silence is read only once another master says it still serves
+# the slots of this instance's channels (docs/relay.md §9).
+VOUCH_AFTER_SILENCE_S = 0.5
+# A shard's subscriber connection that read nothing for this long is sent a PING (one at a time),
+# so that a master's silence is measured also where its channels are quiet.
+PROBE_INTERVAL_S = 0.2
 
 
 def _same_slot_batches(channels: List[str], size: int) -> List[List[str]]:
@@ -81,6 +98,9 @@ class ClusterSession:
         self._classic: Any = None
         self._classic_sent: Set[str] = set()  # run channels subscribed classic (Node compatibility)
         self._last_heard: Dict[str, float] = {}
+        self._pings: Dict[Node, Deque[float]] = {}  # when each unanswered PING went out, oldest first
+        self._vouched_at: Dict[Node, float] = {}  # the silence before this was vouched for
+        self._control_lock = asyncio.Lock()  # a control connection runs one command at a time
         self._confirmations = ReplicaConfirmations()
 
     def _client(self, node: Node, **options: Any) -> Any:
@@ -112,6 +132,7 @@ class ClusterSession:
                 self._control[node] = self._client(
                     node, max_connections=1, socket_timeout=min(self._connect_timeout_s, 3 * bus.ping_interval_s))
                 subscriber = self._subscribers[node] = self._client(node).pubsub()
+                self._pings[node] = deque()
                 closables.append(subscriber)
             # A classic message reaches every node: instances spread their classic connection
             # (Node-compatibility subscriptions, revocation) over the masters by their id, rather
@@ -135,6 +156,7 @@ class ClusterSession:
                 asyncio.ensure_future(self._sync_subscriptions(changed)),
                 asyncio.ensure_future(self._send_outbox(ready)),
                 asyncio.ensure_future(self._keep_alive()),
+                asyncio.ensure_future(self._probe_shards()),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -146,11 +168,15 @@ class ClusterSession:
 
     async def _check_state(self) -> None:
         """Every master says ``cluster_state:ok`` (a cluster with a failed slot is not served)."""
-        for node, control in self._control.items():
-            info = await control.execute_command("CLUSTER", "INFO")
+        for node in self._control:
+            info = await self._ask(node, "CLUSTER", "INFO")
             text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
             if "cluster_state:ok" not in text:
                 raise ClusterDownError(f"{node} says the cluster is not ok")
+
+    async def _ask(self, node: Node, *command: Any) -> Any:
+        async with self._control_lock:
+            return await self._control[node].execute_command(*command)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -170,14 +196,19 @@ class ClusterSession:
 
     async def _read_shard(self, node: Node, subscriber: Any) -> None:
         bus = self.bus
+        pings = self._pings[node]
         while True:
             message = await subscriber.get_message(timeout=None)
-            self._last_heard[str(node)] = time.monotonic()
+            now = self._last_heard[str(node)] = time.monotonic()
             if message is None:
                 continue
+            if pings and now - pings[0] >= VOUCH_AFTER_SILENCE_S and pings[0] > self._vouched_at.get(node, 0.0):
+                await self._vouch_for(node, now - pings[0])  # this message and what follows wait meanwhile
             kind = _SHARDED_TYPES.get(_text(message.get("type")) or "")
             if kind is None:
-                continue  # a PING's pong
+                if pings:  # a PING's pong
+                    pings.popleft()
+                continue
             channel = _text(message.get("channel"))
             if kind == "unsubscribe" and channel is not None and not bus._replies_due.get(channel):
                 # Not an answer to us: the server dropped the channel because its slot left this node.
@@ -323,13 +354,36 @@ class ClusterSession:
         other = other_master(self.slot_map, node)
         if other is None:
             return
-        try:
-            answer = await self._control[other].execute_command("CLUSTER", "SLOTS")
-        except Exception:  # that master cannot tell either: publish again rather than risk a loss
-            answer = None
+        answer = await self._slots_as_seen_by(other)  # None: publish again rather than risk a loss
         slots = [key_slot(wire.run_channel(item.run_id)) for item in items]
         if not self._confirmations.answers_stand(node, slots, other, answer):
             raise ClusterChangedError(f"no replica of {node} confirmed a publish and it no longer serves the slot")
+
+    async def _slots_as_seen_by(self, other: Node) -> Any:
+        """``other``'s ``CLUSTER SLOTS`` answer; None when it gives none."""
+        try:
+            return await self._ask(other, "CLUSTER", "SLOTS")
+        except Exception:
+            return None
+
+    async def _vouch_for(self, node: Node, silent_s: float) -> None:
+        """``node`` answered nothing for ``silent_s`` (``VOUCH_AFTER_SILENCE_S``): unless another
+        master says it still serves the slots of the channels subscribed there, end the session
+        before anything more of it is read, so that no listener gets a message the cluster may
+        throw away; the next session subscribes on the new owner and repairs from its history."""
+        other = other_master(self.slot_map, node)
+        asked_at = time.monotonic()
+        slots = sorted({key_slot(channel) for channel in self.bus._sent if self.slot_map.owner_of(channel) == node})
+        if other is None or not slots:
+            self._vouched_at[node] = asked_at
+            return
+        answer = await self._slots_as_seen_by(other)
+        if answer is None or not still_owner(node, slots, other, answer):
+            raise ClusterChangedError(f"{node} answered nothing for {silent_s:.1f} s and {other} "
+                                      f"{'did not answer' if answer is None else 'says it no longer serves its slots'}")
+        log.info("relay: redis %s answered nothing for %.1f s; %s says it still serves its slots",
+                 node, silent_s, other)
+        self._vouched_at[node] = asked_at
 
     # -- liveness -------------------------------------------------------------------------------
 
@@ -344,17 +398,21 @@ class ClusterSession:
                 silent_s = now - heard
                 if silent_s >= 3 * interval_s:
                     raise ConnectionError(f"no reply from redis {name} for {silent_s:.1f} s")
-                if silent_s >= interval_s:
-                    pubsub = self._classic if name == "classic" else self._subscriber_named(name)
-                    if pubsub is not None:
-                        await pubsub.execute_command("PING")
+                if silent_s >= interval_s and name == "classic":  # the shards have their probes
+                    await self._classic.execute_command("PING")
             await self._check_state()
 
-    def _subscriber_named(self, name: str) -> Optional[Any]:
-        for node, subscriber in self._subscribers.items():
-            if str(node) == name:
-                return subscriber
-        return None
+    async def _probe_shards(self) -> None:
+        """A PING to each shard's subscriber connection that read nothing for ``PROBE_INTERVAL_S``
+        and has none unanswered: how long it stays unanswered is the master's silence."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            now = time.monotonic()
+            for node, subscriber in self._subscribers.items():
+                pings = self._pings[node]
+                if not pings and now - self._last_heard[str(node)] >= PROBE_INTERVAL_S:
+                    pings.append(now)
+                    await subscriber.execute_command("PING")
 
 
 class ClusterAwareRedisBus(RedisBus):
