@@ -31,6 +31,7 @@ from sentri.worker_publisher import RunEventPublisher
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .services import wait_until
 from .socketpairs import live_stream, read_exactly
+from .subscription_changes import wanted_again_at_the_first_unsubscribe
 
 INSTANCE = "py_edges"
 
@@ -223,6 +224,30 @@ async def test_a_channel_joined_left_and_rejoined_before_redis_replies_is_confir
         assert await bus.wait_subscribed("RUN-3", 5.0) is True
         assert bus._replies_due == {}
         assert redis_server.subscribers("sentri:run:RUN-3") == 1
+    finally:
+        await bus.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_channel_wanted_again_while_the_relay_unsubscribes_the_left_runs_one_by_one_is_never_unsubscribed(
+        redis_server, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(relay, "SUBSCRIBE_BATCH", 1)  # a command per channel, the loop between each
+    bus = RedisBus(redis_server.url, INSTANCE)
+    await bus.start()
+    try:
+        assert await bus.wait_connected(5.0)
+        runs = ["RUN-1", "RUN-2", "RUN-3"]
+        for run_id in runs:
+            bus.subscribe(run_id)
+        for run_id in runs:
+            assert await bus.wait_subscribed(run_id, 5.0) is True
+        unsubscribed = wanted_again_at_the_first_unsubscribe(bus, monkeypatch, "RUN-3")
+        for run_id in runs:
+            bus.unsubscribe(run_id)
+        await wait_until(lambda: bus._sent == {"sentri:run:RUN-3"} and not bus._replies_due, what="the changes made")
+        assert unsubscribed == [["sentri:run:RUN-1"], ["sentri:run:RUN-2"]]
+        assert redis_server.subscribers("sentri:run:RUN-3") == 1
+        assert "sentri:run:RUN-3" in bus._confirmed
     finally:
         await bus.close()
 

@@ -236,17 +236,23 @@ class ClusterSession:
             changed.clear()
             leaving = sorted(bus._sent - bus._wanted)
             joining = sorted(bus._wanted - bus._sent)
+            # Each batch as things stand when it is sent (RedisBus._still_leaving): one command per
+            # slot, so many awaits, while streams come and go.
             for node, channels in self._by_owner(leaving).items():
                 for batch in _same_slot_batches(channels, SUBSCRIBE_BATCH):
-                    bus._sent.difference_update(batch)
-                    bus._confirmed.difference_update(batch)
-                    bus._expect_replies(batch)
-                    await self._subscribers[node].execute_command("SUNSUBSCRIBE", *batch)
+                    batch = bus._still_leaving(batch)
+                    if batch:
+                        bus._sent.difference_update(batch)
+                        bus._confirmed.difference_update(batch)
+                        bus._expect_replies(batch)
+                        await self._subscribers[node].execute_command("SUNSUBSCRIBE", *batch)
             for node, channels in self._by_owner(joining).items():
                 for batch in _same_slot_batches(channels, SUBSCRIBE_BATCH):
-                    bus._sent.update(batch)
-                    bus._expect_replies(batch)
-                    await self._subscribers[node].execute_command("SSUBSCRIBE", *batch)
+                    batch = bus._still_joining(batch)
+                    if batch:
+                        bus._sent.update(batch)
+                        bus._expect_replies(batch)
+                        await self._subscribers[node].execute_command("SSUBSCRIBE", *batch)
             if bus.cluster_node_compat:
                 await self._sync_classic()
             await changed.wait()
