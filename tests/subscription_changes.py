@@ -10,6 +10,8 @@ import redis.asyncio.client
 
 from sentri.bus import messages as wire
 
+from .services import wait_until
+
 UNSUBSCRIBES = ("UNSUBSCRIBE", "SUNSUBSCRIBE")
 
 
@@ -29,4 +31,19 @@ def wanted_again_at_the_first_unsubscribe(bus: Any, monkeypatch: Any, run_id: st
         return await real_execute(pubsub, *args)
 
     monkeypatch.setattr(redis.asyncio.client.PubSub, "execute_command", execute)
+    return unsubscribed
+
+
+async def all_leave_and_the_last_comes_back(bus: Any, monkeypatch: Any, runs: List[str]) -> List[List[str]]:
+    """``runs`` subscribed and confirmed; then all leave, and the last is wanted again as the
+    first unsubscribe goes out. Returns the channels unsubscribed, once the relay is done."""
+    for run_id in runs:
+        bus.subscribe(run_id)
+    for run_id in runs:
+        assert await bus.wait_subscribed(run_id, 5.0) is True
+    unsubscribed = wanted_again_at_the_first_unsubscribe(bus, monkeypatch, runs[-1])
+    for run_id in runs:
+        bus.unsubscribe(run_id)
+    await wait_until(lambda: bus._sent == {wire.run_channel(runs[-1])} and not bus._replies_due,
+                     what="the changes made")
     return unsubscribed

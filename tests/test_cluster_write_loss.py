@@ -113,6 +113,23 @@ async def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def the_others_say_once_that_it_moved(monkeypatch, channel: str, new_owner) -> list:
+    """The next ``CLUSTER SLOTS`` the relay asks says ``channel``'s slot moved to ``new_owner``:
+    the failover is faked, once; the answers it replaced are listed in what this returns."""
+    real_execute = redis.asyncio.Redis.execute_command
+    faked: list = []
+
+    async def execute(client, *args, **options):
+        answer = await real_execute(client, *args, **options)
+        if args == ("CLUSTER", "SLOTS") and not faked:
+            faked.append(answer)
+            return cluster_slots_after_a_failover(answer, key_slot(channel), new_owner)
+        return answer
+
+    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", execute)
+    return faked
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_the_relay_keeps_a_publish_its_paused_replica_did_not_confirm_while_its_master_still_serves_the_slot(
         port, context, world, redis_cluster_own):  # noqa: F811
@@ -142,17 +159,7 @@ async def test_the_relay_publishes_again_what_no_replica_confirmed_on_a_master_t
     assert await context.bus.wait_connected(10.0)
     replica = cluster.replica_of(cluster.master_of(CHANNEL))
     connects = context.bus.connects
-    real_execute = redis.asyncio.Redis.execute_command
-    faked = []
-
-    async def execute(client, *args, **options):  # the other master's answer, once: the failover is faked
-        answer = await real_execute(client, *args, **options)
-        if args == ("CLUSTER", "SLOTS") and not faked:
-            faked.append(answer)
-            return cluster_slots_after_a_failover(answer, key_slot(CHANNEL), replica)
-        return answer
-
-    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", execute)
+    the_others_say_once_that_it_moved(monkeypatch, CHANNEL, replica)
     replica.pause()
     try:
         context.hub.emit("RUN-7", "log", LINE)
@@ -237,17 +244,7 @@ async def test_what_a_master_sends_after_a_silence_is_never_delivered_when_anoth
     await wait_until(lambda: cluster.shard_subscribers(LIVE_CHANNEL) == 1, "the run's channel subscribed")
     connects = context.bus.connects
     replica = cluster.replica_of(cluster.master_of(LIVE_CHANNEL))
-    real_execute = redis.asyncio.Redis.execute_command
-    faked = []
-
-    async def execute(client, *args, **options):  # the other master's answer, once: the failover is faked
-        answer = await real_execute(client, *args, **options)
-        if args == ("CLUSTER", "SLOTS") and not faked:
-            faked.append(answer)
-            return cluster_slots_after_a_failover(answer, key_slot(LIVE_CHANNEL), replica)
-        return answer
-
-    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", execute)
+    faked = the_others_say_once_that_it_moved(monkeypatch, LIVE_CHANNEL, replica)
     await pause_and_spublish(cluster)
     await wait_until(lambda: context.bus.connects == connects + 1, "a new session on the (real) slot map")
     assert faked  # the vouch asked

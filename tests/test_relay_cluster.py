@@ -22,7 +22,7 @@ from .redis_cluster import redis_cluster  # noqa: F401 (fixture)
 from .redis_server import RELAY_CONNECTED, second_instance
 from .services import wait_until
 from .sseclient import open_request
-from .subscription_changes import wanted_again_at_the_first_unsubscribe
+from .subscription_changes import all_leave_and_the_last_comes_back
 from .test_metrics import METRICS_TOKEN, scrape
 
 CHANNEL = "sentri:run:RUN-1"
@@ -250,15 +250,8 @@ async def test_a_channel_wanted_again_while_the_relay_unsubscribes_the_left_runs
         context, redis_cluster, monkeypatch):  # noqa: F811
     bus = context.bus
     assert await bus.wait_connected(10.0)
-    runs = ["LEFT-1", "LEFT-2", "LEFT-3"]  # three slots: an SUNSUBSCRIBE each
-    for run_id in runs:
-        bus.subscribe(run_id)
-    for run_id in runs:
-        assert await bus.wait_subscribed(run_id, 5.0) is True
-    unsubscribed = wanted_again_at_the_first_unsubscribe(bus, monkeypatch, "LEFT-3")
-    for run_id in runs:
-        bus.unsubscribe(run_id)
-    await wait_until(lambda: bus._sent == {"sentri:run:LEFT-3"} and not bus._replies_due, what="the changes made")
+    # Three slots: an SUNSUBSCRIBE each.
+    unsubscribed = await all_leave_and_the_last_comes_back(bus, monkeypatch, ["LEFT-1", "LEFT-2", "LEFT-3"])
     # LEFT-1's goes first (the first left channel's master, then its slot): LEFT-3 is not first.
     assert sorted(unsubscribed) == [["sentri:run:LEFT-1"], ["sentri:run:LEFT-2"]]
     assert redis_cluster.shard_subscribers("sentri:run:LEFT-3") == 1

@@ -31,7 +31,7 @@ from sentri.worker_publisher import RunEventPublisher
 from .redis_server import redis_server  # noqa: F401 (fixture)
 from .services import wait_until
 from .socketpairs import live_stream, read_exactly
-from .subscription_changes import wanted_again_at_the_first_unsubscribe
+from .subscription_changes import all_leave_and_the_last_comes_back
 
 INSTANCE = "py_edges"
 
@@ -236,15 +236,7 @@ async def test_a_channel_wanted_again_while_the_relay_unsubscribes_the_left_runs
     await bus.start()
     try:
         assert await bus.wait_connected(5.0)
-        runs = ["RUN-1", "RUN-2", "RUN-3"]
-        for run_id in runs:
-            bus.subscribe(run_id)
-        for run_id in runs:
-            assert await bus.wait_subscribed(run_id, 5.0) is True
-        unsubscribed = wanted_again_at_the_first_unsubscribe(bus, monkeypatch, "RUN-3")
-        for run_id in runs:
-            bus.unsubscribe(run_id)
-        await wait_until(lambda: bus._sent == {"sentri:run:RUN-3"} and not bus._replies_due, what="the changes made")
+        unsubscribed = await all_leave_and_the_last_comes_back(bus, monkeypatch, ["RUN-1", "RUN-2", "RUN-3"])
         assert unsubscribed == [["sentri:run:RUN-1"], ["sentri:run:RUN-2"]]
         assert redis_server.subscribers("sentri:run:RUN-3") == 1
         assert "sentri:run:RUN-3" in bus._confirmed
