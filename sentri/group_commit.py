@@ -4,8 +4,10 @@ Every publisher's writes (``sentri.writes.Write``: log lines, agent events, a ru
 queued; one database turn at a time takes everything queued (up to ``max_writes``) and
 stores it in ONE transaction (``sentri.writes.commit_writes``), then wakes each waiting
 publisher in the order it queued, so events are delivered in the order their ``seq`` says.
-While a turn runs, the next one fills: under load each transaction carries many lines,
-when idle a lone line is committed at once (no timer, no added latency).
+While a turn runs, the next one fills; and before it takes the queue a turn lets the IOLoop
+go round ``GATHER_LOOP_TURNS`` times, so the requests being read meanwhile (the producers just
+answered by the last turn send their next line at once) ride in it too. No timer: when idle
+those loop turns take microseconds, and a lone line is committed at once.
 
 A publisher's writes (one event, or a whole batch request) are one group: never split over
 two transactions. A group may ask that its run exist (the publish API's 404): the turn reads
@@ -25,6 +27,12 @@ from .writes import Write, commit_writes, live_runs
 
 # Writes per transaction: bounds how long one turn holds the database's write lock.
 DEFAULT_MAX_WRITES = 2000
+# IOLoop turns a database turn waits for more groups before it takes the queue. Each database
+# turn costs the IOLoop a hand-off to a database thread and back, and the GIL while that thread
+# runs; with fewer, fuller turns the real publish API answered 0.70 x the Node seed's
+# publishes/s at 0, 0.72 x at 1, 0.74 x at 2, 0.79 x at 3, 0.86 x at 5 and 0.82 x at 8, with
+# p99 unchanged (bench/README.md, "Group commit: gathering").
+GATHER_LOOP_TURNS = 5
 
 
 
@@ -87,6 +95,8 @@ class GroupCommitter:
     async def _run_turns(self) -> None:
         try:
             while self._queue:
+                for _ in range(GATHER_LOOP_TURNS):
+                    await asyncio.sleep(0)  # one IOLoop turn: its reads and callbacks run
                 groups = self._take()
                 if len(groups) > 1:
                     try:

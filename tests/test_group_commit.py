@@ -102,6 +102,37 @@ async def test_concurrent_publishes_share_transactions_and_keep_publish_order(co
     assert [message.split("] ", 1)[1] for _, message in rows] == [f"line {n}" for n in range(200)]
 
 
+async def after_loop_turns(turns, publish):
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    return await publish()
+
+
+@pytest.mark.gen_test
+async def test_a_line_arriving_while_a_turn_gathers_rides_in_that_turns_transaction(context, world):
+    from sentri.group_commit import GATHER_LOOP_TURNS
+
+    publisher = context.publisher
+    first = asyncio.ensure_future(publisher.log("RUN-1", "first"))
+    # Published GATHER_LOOP_TURNS - 1 loop turns later, as a request read meanwhile would be.
+    late = asyncio.ensure_future(after_loop_turns(GATHER_LOOP_TURNS - 1, lambda: publisher.log("RUN-1", "late")))
+    await asyncio.gather(first, late)
+    assert (publisher.committer.transactions, publisher.committer.writes) == (1, 2)
+    with context.store.database.connection_context():
+        assert [(seq, message.split("] ", 1)[1]) for seq, message in stored("RUN-1")] == [(1, "first"), (2, "late")]
+
+
+@pytest.mark.gen_test
+async def test_a_line_arriving_after_the_gathering_waits_for_the_next_turn(context, world):
+    from sentri.group_commit import GATHER_LOOP_TURNS
+
+    publisher = context.publisher
+    first = asyncio.ensure_future(publisher.log("RUN-1", "first"))
+    late = asyncio.ensure_future(after_loop_turns(GATHER_LOOP_TURNS + 1, lambda: publisher.log("RUN-1", "late")))
+    await asyncio.gather(first, late)
+    assert (publisher.committer.transactions, publisher.committer.writes) == (2, 2)
+
+
 @pytest.mark.gen_test
 async def test_a_write_the_database_refuses_fails_only_its_own_publisher(context, world, monkeypatch):
     import sentri.group_commit as group_commit
