@@ -136,7 +136,7 @@ class GroupCommitter:
                       for write in group.writes]
             return live, (commit_writes(writes, agent_events_table) if writes else [])
 
-        live, seqs = await self.store.run(turn)
+        live, seqs = await self.store.write(turn)
         self.transactions += 1
         start = 0
         for group in groups:

@@ -16,7 +16,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar, cast
+from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import peewee
@@ -41,6 +41,7 @@ from .models import (
     create_table_statements,
     database_proxy,
 )
+from .serial_thread import SerialThread
 from .signing import ArtifactSigner
 
 T = TypeVar("T")
@@ -356,6 +357,8 @@ class Store:
         self.database = database
         self.signer = signer
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sentri-db")
+        # The group commit's turns, one at a time (sentri.group_commit): a thread of their own.
+        self.writer = SerialThread("sentri-db-writer")
         dialect = dialect_of(database)
         self._run_shapes = ShapeCache(dialect, json_lists=RUN_JSON_LIST_KEYS, json_objects=RUN_JSON_OBJECT_KEYS,
                                       legacy_logs=True)
@@ -384,18 +387,29 @@ class Store:
 
     async def run(self, work: Callable[[], T]) -> T:
         """Run ``work`` on a database thread with a connection of its own."""
+        loop = asyncio.get_running_loop()
+        return await self._timed(loop.run_in_executor(self.executor, self._in_connection(work)))
 
+    async def write(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the writer thread with a connection of its own, after the writes before it."""
+        return await self._timed(self.writer.run(self._in_connection(work)))
+
+    def _in_connection(self, work: Callable[[], T]) -> Callable[[], T]:
         def in_connection() -> T:
             with self.database.connection_context():
                 return work()
 
+        return in_connection
+
+    async def _timed(self, result: Awaitable[T]) -> T:
         started = time.monotonic()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, in_connection)
+            return await result
         finally:
             self.timing(time.monotonic() - started)
 
     def close(self) -> None:
+        self.writer.close()
         self.executor.shutdown(wait=True)
         close_pool(self.database)
 
