@@ -32,10 +32,14 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import Callable, Deque, Iterable, Optional, Tuple
+from typing import Any, Callable, Deque, Iterable, Optional, Tuple
 
 import tornado.httpserver
+import tornado.iostream
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.ioloop import IOLoop
+
+from .proxy_headers import RequestContext
 
 log = logging.getLogger("sentri.accept")
 
@@ -141,7 +145,11 @@ def accept_connections(sock: socket.socket, callback: Callable[[socket.socket, o
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTP server with the accept loop above; ``on_accept_pause`` counts pauses."""
+    """Tornado's HTTP server with the accept loop above; ``on_accept_pause`` counts pauses.
+
+    Its connections also skip ``xheaders`` for requests that carry no proxy header
+    (``sentri.proxy_headers``).
+    """
 
     on_accept_pause: Optional[Callable[[], None]] = None
 
@@ -149,3 +157,10 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = accept_connections(sock, self._handle_connection, self.on_accept_pause)
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: Tuple[Any, ...]) -> None:
+        # Tornado's own, with the request context of sentri.proxy_headers.
+        context = RequestContext(stream, address, self.protocol, self.trusted_downstream)
+        connection = HTTP1ServerConnection(stream, self.conn_params, context)
+        self._connections.add(connection)
+        connection.start_serving(self)
