@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 import pytest
 from tornado.concurrent import Future
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine
 
 from handlers.publish_api import MethodAndPath
@@ -113,3 +114,17 @@ async def test_a_log_the_database_cannot_store_is_503_and_reaches_no_listener(po
     assert (status, body) == (503, {"error": "database unavailable", "retryAfter": 1})
     context.hub.emit("RUN-1", "llm_token", {"token": "next"})
     assert await next_data(stream) == b'data: {"type":"llm_token","token":"next"}\n\n'  # not the log
+
+
+@pytest.mark.gen_test
+async def test_other_methods_on_the_events_path_are_405_and_other_paths_404(port):
+    async def answer(method, path):
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", method=method,
+                                                 body=b"{}" if method in ("PUT", "PATCH", "POST") else None,
+                                                 raise_error=False)
+        return response.code, response.body
+
+    for method in ("PUT", "DELETE", "PATCH"):
+        assert await answer(method, PATH) == (405, b'{"error":"method not allowed"}'), method
+    for method, path in (("POST", PATH + "/extra"), ("POST", "/api/v1/runs//events"), ("GET", PATH + "/extra")):
+        assert await answer(method, path) == (404, b'{"error":"not found"}'), (method, path)
