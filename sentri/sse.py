@@ -64,15 +64,25 @@ class _JsNumberEncoder(json.JSONEncoder):
 
 
 _JS_ENCODER = _JsNumberEncoder(ensure_ascii=False, separators=(",", ":"))
+# One encoder for every event: json.dumps with arguments builds a JSONEncoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
 # Python writes a float differently from JS only as NaN/Infinity, with a trailing ".0", or with
 # an exponent; the search may also match inside a string, which only costs the slower encoder.
 _PYTHON_ONLY_NUMBER = re.compile(r"NaN|Infinity|\.0(?=[,\]}]|$)|[0-9]e[-+]")
 
 
+def _may_differ_from_js(text: str) -> bool:
+    """Whether ``text`` holds what every match of _PYTHON_ONLY_NUMBER holds: ``in`` rules out
+    most events several times faster than the search (a log line's stamp holds ".0" but not
+    ".0" before a comma or bracket)."""
+    return ("e+" in text or "e-" in text or ".0," in text or ".0}" in text or ".0]" in text or "NaN" in text
+            or "Infinity" in text or text.endswith(".0"))
+
+
 def dumps_js(value: Any) -> str:
     """JSON text as ``JSON.stringify(value)`` writes it for JSON-shaped values."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-    if _PYTHON_ONLY_NUMBER.search(text):
+    text: str = _ENCODER.encode(value)
+    if _may_differ_from_js(text) and _PYTHON_ONLY_NUMBER.search(text):
         text = _JS_ENCODER.encode(value)
     return text
 

@@ -76,6 +76,16 @@ def test_dumps_js_matches_json_stringify_for_plain_values():
     assert sse.dumps_js("\u00e9") == '"\u00e9"'
 
 
+@pytest.mark.parametrize(
+    "value, text",
+    [(1.0, "1"), ({"a": 1.0}, '{"a":1}'), ([2.0], "[2]"), ({"a": 3.0, "b": 1}, '{"a":3,"b":1}'),
+     ({"a": 1e-7}, '{"a":1e-7}'), ([float("nan")], "[null]"), ({"a": float("inf")}, '{"a":null}'),
+     ({"message": "[2026-01-01T00:00:00.000Z] 1.0 e-mail"}, '{"message":"[2026-01-01T00:00:00.000Z] 1.0 e-mail"}')],
+)
+def test_dumps_js_writes_floats_as_json_stringify_wherever_they_stand(value, text):
+    assert sse.dumps_js(value) == text
+
+
 def test_the_log_message_of_a_frame_is_none_when_its_data_is_not_json_or_missing():
     assert sse.log_message_of(b'data: {"type":"log","message":"x"\n\n') is None  # cut short
     assert sse.log_message_of(b': {"type":"log"} in a comment only\n\n') is None  # no data line
