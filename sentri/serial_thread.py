@@ -1,11 +1,11 @@
 """One thread that runs the work given to it, in order, and hands each result back to the IOLoop.
 
-The group commit runs one database turn at a time, so it needs no pool of threads; and under
-load the IOLoop pays for every hand-off. ``loop.run_in_executor`` costs it a
-``concurrent.futures.Future`` (a ``Condition`` of its own), the executor's two shutdown locks
-and its idle semaphore, and a wrapping asyncio future: about 6 % of the IOLoop's time at a few
-thousand publishes a second (py-spy over ``bench/publish_cost.py``, GIL held). Here a hand-off
-is one ``SimpleQueue.put`` and one ``call_soon_threadsafe``.
+The group commit runs one database turn at a time, so it needs no pool of threads; and on a
+thread of its own its turns never queue behind the stream lookups that share the store's
+pool (a reconnect storm fills that pool with snapshot reads while publishes wait on their
+commit). A hand-off is one ``SimpleQueue.put`` and one ``call_soon_threadsafe``: 43 against 55 us
+of CPU per round trip through ``loop.run_in_executor`` (uvloop, this 2-core VM), which at a
+few hundred turns a second changed no throughput figure (bench/results/publish-turns).
 """
 
 from __future__ import annotations
