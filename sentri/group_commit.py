@@ -30,9 +30,10 @@ DEFAULT_MAX_WRITES = 2000
 # IOLoop turns a database turn waits for more groups before it takes the queue. Each database
 # turn costs the IOLoop a hand-off to a database thread and back, and the GIL while that thread
 # runs; with fewer, fuller turns the real publish API answered 0.70 x the Node seed's
-# publishes/s at 0, 0.72 x at 1, 0.74 x at 2, 0.79 x at 3, 0.86 x at 5 and 0.82 x at 8, with
-# p99 unchanged (README, "The publish path: fewer, fuller database turns"). At 5 the harness's
-# 16 publishers' lines all ride in one turn (16.0 writes per transaction).
+# publishes/s at 0, 0.72 x at 1, 0.74 x at 2, 0.80 x at 3, 0.86 x at 5 and 0.83 x at 8 (means
+# of 2-4 repeats), with p99 unchanged (README, "The publish path: fewer, fuller database
+# turns"). At 5 the lines of the harness's 16 publishers all ride in one turn (16.0 writes
+# per transaction).
 GATHER_LOOP_TURNS = 5
 
 
