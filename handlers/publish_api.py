@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import tornado.web
-from tornado import httputil
 from tornado.routing import Matcher, PathMatches
 
 from sentri import jsontext
@@ -82,7 +81,7 @@ class MethodAndPath(Matcher):
         return self.path.reverse(*args)
 
 
-def head_refusal(settings: Settings, headers: httputil.HTTPHeaders) -> Optional[ApiError]:
+def head_refusal(settings: Settings, headers: Mapping[str, str]) -> Optional[ApiError]:
     """Checks 1-4, on the head alone: the error to answer before a byte of the body is read, or None."""
     expected = settings.publish_token
     if not expected:

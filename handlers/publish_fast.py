@@ -26,18 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import time
 from typing import Any, Dict, List, Optional, Union
 
 from tornado import httputil
 
 from sentri.context import Context
-from sentri.cors import cors_headers
-from sentri.http import http_date
 from sentri.logs import log_access
 from sentri.sse import dumps_js
 
-from .base import JSON_CONTENT_TYPE, DelegateRoute, JsonHandler
+from .base import DelegateRoute, JsonHandler
 from .publish_api import (
     INTERRUPTED,
     PublishEventHandler,
@@ -46,6 +43,7 @@ from .publish_api import (
     publish_events,
     read_events,
 )
+from .publish_connection import accepted_headers, take_over
 
 ACCEPTED = httputil.ResponseStartLine("", 202, http.client.responses[202])
 
@@ -130,13 +128,10 @@ class PublishRequest(httputil.HTTPMessageDelegate):
     def _accept(self, body: Dict[str, Any]) -> None:
         """The ``202``, with the headers and bytes ``JsonHandler.write_json`` gives it, and its access line."""
         data = dumps_js(body).encode("utf-8")
-        # In RequestHandler's order: Content-Type and Date (clear()), CORS (initialize()), Content-Length (finish()).
         headers = httputil.HTTPHeaders()
-        headers["Content-Type"] = JSON_CONTENT_TYPE
-        headers["Date"] = http_date(time.time())
-        for name, value in cors_headers(self.request.headers.get("Origin"), self.route.context.settings.cors_origin):
+        for name, value in accepted_headers(data, self.request.headers.get("Origin"),
+                                            self.route.context.settings.cors_origin):
             headers[name] = value
-        headers["Content-Length"] = str(len(data))
         connection = self.request.connection
         if connection is None:  # only a request built by hand has none
             return
@@ -144,6 +139,8 @@ class PublishRequest(httputil.HTTPMessageDelegate):
         connection.write_headers(ACCEPTED, headers, data)
         connection.finish()
         log_access(self.request, 202)
+        # The producer's next requests on this connection are read by the route itself.
+        take_over(self.route, self.request)
 
     # -- answers that are not a 202 -----------------------------------------------------------
 

@@ -32,11 +32,11 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Iterable, Optional, Tuple
+from typing import Any, Callable, Deque, Iterable, Optional, Set, Tuple
 
 import tornado.httpserver
 import tornado.iostream
-from tornado.http1connection import HTTP1ServerConnection
+from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
 from tornado.ioloop import IOLoop
 
 from .proxy_headers import RequestContext
@@ -148,10 +148,17 @@ class HTTPServer(tornado.httpserver.HTTPServer):
     """Tornado's HTTP server with the accept loop above; ``on_accept_pause`` counts pauses.
 
     Its connections also skip ``xheaders`` for requests that carry no proxy header
-    (``sentri.proxy_headers``).
+    (``sentri.proxy_headers``), and a producer's kept-alive connection may be served by the
+    publish route itself (``handlers/publish_connection.py``): the server keeps those in
+    ``publish_connections``, closes them with its own, and takes their sockets back
+    (``serve_stream``).
     """
 
     on_accept_pause: Optional[Callable[[], None]] = None
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.publish_connections: Set[Any] = set()
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
@@ -160,7 +167,17 @@ class HTTPServer(tornado.httpserver.HTTPServer):
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: Tuple[Any, ...]) -> None:
         # Tornado's own, with the request context of sentri.proxy_headers.
-        context = RequestContext(stream, address, self.protocol, self.trusted_downstream)
-        connection = HTTP1ServerConnection(stream, self.conn_params, context)
+        context = RequestContext(stream, address, self.protocol, self.trusted_downstream, server=self)
+        self.serve_stream(stream, self.conn_params, context)
+
+    def serve_stream(self, stream: tornado.iostream.IOStream, params: HTTP1ConnectionParameters,
+                     context: RequestContext) -> None:
+        """Serve ``stream`` with Tornado's HTTP/1 connection (a new one, or one handed back)."""
+        connection = HTTP1ServerConnection(stream, params, context)
         self._connections.add(connection)
         connection.start_serving(self)
+
+    async def close_all_connections(self) -> None:
+        for connection in list(self.publish_connections):
+            connection.close()
+        await super().close_all_connections()

@@ -11,6 +11,8 @@ done; with any of them it is Tornado's own, unchanged.
 
 from __future__ import annotations
 
+from typing import Any, List, Optional
+
 from tornado import httputil
 from tornado.httpserver import _HTTPRequestContext
 
@@ -18,6 +20,14 @@ PROXY_HEADERS = ("X-Real-Ip", "X-Forwarded-For", "X-Scheme", "X-Forwarded-Proto"
 
 
 class RequestContext(_HTTPRequestContext):
+    """``server``: the server whose connection this is (a publish connection hands its socket back
+    to it, handlers/publish_connection.py); None where Tornado's own server made the connection."""
+
+    def __init__(self, stream: Any, address: Any, protocol: Optional[str],
+                 trusted_downstream: Optional[List[str]] = None, server: Any = None) -> None:
+        super().__init__(stream, address, protocol, trusted_downstream)
+        self.server = server
+
     def _apply_xheaders(self, headers: httputil.HTTPHeaders) -> None:
         for name in PROXY_HEADERS:
             if name in headers:

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, Optional
 import pytest
 import tornado.web
 
+from sentri.accept import HTTPServer
 from sentri.app import build_context, make_app
 from sentri.config import Settings
 from sentri.context import Context
@@ -109,6 +110,17 @@ def close_context(context: Context, io_loop: Any) -> None:
 @pytest.fixture
 def app(context: Context) -> tornado.web.Application:
     return make_app(context)
+
+
+@pytest.fixture
+def http_server(request: pytest.FixtureRequest, io_loop: Any, _unused_port: Any) -> Any:
+    """pytest-tornado's fixture of that name, with the server class ``sentri serve`` runs
+    (sentri.accept: its accept loop and publish connections), not Tornado's plain one."""
+    server = HTTPServer(request.getfixturevalue("app"))
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
 
 
 @pytest.fixture
