@@ -72,7 +72,9 @@ def build_context(settings: Settings, bus: Optional[Bus] = None) -> Context:
     """Every service the handlers use, wired together; raises SettingsError on bad settings."""
     if not settings.jwt_secret:
         raise SettingsError("JWT_SECRET is not set: the server cannot check tokens without it")
-    database = open_database(settings.database_url, settings.data_dir, settings.db_workers)
+    # The server checkpoints SQLite's WAL beside its commits (sentri.wal_checkpoint), once started.
+    database = open_database(settings.database_url, settings.data_dir, settings.db_workers,
+                             checkpoint_in_commits=False)
     store = Store(database, ArtifactSigner(settings.artifact_signing_secret, settings.artifact_token_ttl_ms),
                   settings.db_workers)
     try:
@@ -147,6 +149,7 @@ async def start(context: Context) -> None:
     """Start the timers and the relay; call on the IOLoop that will serve."""
     context.hub.start()
     context.memory_trimmer.start()
+    context.store.checkpointer.start()
     await context.bus.start()
     # Bounded by their own timeouts, and never failing: Redis may be away at start.
     await asyncio.gather(context.revocations.warm_up(), context.hub.history.warm_up())
@@ -155,6 +158,7 @@ async def start(context: Context) -> None:
 async def stop(context: Context) -> None:
     context.hub.stop()
     context.memory_trimmer.stop()
+    context.store.checkpointer.stop()
     await context.bus.close()
     await context.hub.history.close()
     await context.revocations.close()

@@ -43,6 +43,7 @@ from .models import (
 )
 from .serial_thread import SerialThread
 from .signing import ArtifactSigner
+from .wal_checkpoint import COMMIT_PRAGMAS, WalCheckpointer
 
 T = TypeVar("T")
 
@@ -68,11 +69,17 @@ def close_pool(database: peewee.Database) -> None:
         database.close()
 
 
-def open_database(url: str, data_dir: str, max_connections: int) -> peewee.Database:
-    """A pooled peewee database for ``DATABASE_URL`` (unset: the SQLite file in ``data_dir``)."""
+def open_database(url: str, data_dir: str, max_connections: int,
+                  checkpoint_in_commits: bool = True) -> peewee.Database:
+    """A pooled peewee database for ``DATABASE_URL`` (unset: the SQLite file in ``data_dir``).
+
+    ``checkpoint_in_commits=False``: SQLite's commits never checkpoint the WAL; the caller runs
+    ``Store.checkpointer`` instead (sentri.wal_checkpoint).
+    """
+    pragmas = SQLITE_PRAGMAS if checkpoint_in_commits else SQLITE_PRAGMAS + COMMIT_PRAGMAS
     if not url:
         os.makedirs(data_dir, exist_ok=True)
-        return _sqlite(os.path.join(data_dir, "sentri.db"), max_connections)
+        return _sqlite(os.path.join(data_dir, "sentri.db"), max_connections, pragmas)
     parts = urlsplit(url)
     if parts.scheme in ("sqlite", "sqlite3"):
         path = unquote(parts.path)
@@ -83,7 +90,7 @@ def open_database(url: str, data_dir: str, max_connections: int) -> peewee.Datab
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
                 raise SettingsError(f"DATABASE_URL: folder {folder} does not exist")
-        return _sqlite(path, max_connections)
+        return _sqlite(path, max_connections, pragmas)
     if parts.scheme in ("postgres", "postgresql"):
         name = unquote(parts.path.lstrip("/"))
         if not name or not parts.hostname:
@@ -112,12 +119,12 @@ def open_database(url: str, data_dir: str, max_connections: int) -> peewee.Datab
     raise SettingsError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use sqlite:/// or postgres://)")
 
 
-def _sqlite(path: str, max_connections: int) -> peewee.Database:
+def _sqlite(path: str, max_connections: int, pragmas: Tuple[Tuple[str, Any], ...]) -> peewee.Database:
     database: peewee.Database = PooledSqliteDatabase(
         path,
         max_connections=max_connections,
         stale_timeout=300,
-        pragmas=SQLITE_PRAGMAS,
+        pragmas=pragmas,
         # Pooled connections move between worker threads; each is used by one thread at a time.
         check_same_thread=False,
     )
@@ -359,6 +366,8 @@ class Store:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sentri-db")
         # The group commit's turns, one at a time (sentri.group_commit): a thread of their own.
         self.writer = SerialThread("sentri-db-writer")
+        # SQLite's WAL checkpoints, beside the writer's commits (started with the server).
+        self.checkpointer = WalCheckpointer(database, self.run)
         dialect = dialect_of(database)
         self._run_shapes = ShapeCache(dialect, json_lists=RUN_JSON_LIST_KEYS, json_objects=RUN_JSON_OBJECT_KEYS,
                                       legacy_logs=True)
@@ -409,6 +418,7 @@ class Store:
             self.timing(time.monotonic() - started)
 
     def close(self) -> None:
+        self.checkpointer.stop()
         self.writer.close()
         self.executor.shutdown(wait=True)
         close_pool(self.database)
