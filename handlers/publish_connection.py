@@ -161,7 +161,8 @@ class PublishConnection:
         self.answered_at = self.loop.time()
         # Answers are small and complete: each goes out at once (Tornado switches Nagle off per
         # response; here once).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server.publish_connections.add(self)
         self._read_more()
         self._arm_idle_timer()
@@ -200,9 +201,9 @@ class PublishConnection:
     def _next_request(self) -> None:
         buffer = self.buffer
         head_end = buffer.find(b"\r\n\r\n")
-        if head_end < 0:
+        if head_end < 0 or head_end > self.params.max_header_size:
             if len(buffer) > self.params.max_header_size:
-                self._hand_back(b"")  # Tornado answers the oversized head
+                self._hand_back(b"")  # Tornado refuses the oversized head
             return
         try:
             parsed = parse_head(bytes(buffer[:head_end]))
