@@ -27,7 +27,7 @@ import logging
 import os
 from typing import Callable, Optional
 
-from tornado.ioloop import PeriodicCallback
+from .periodic import PeriodicJob
 
 log = logging.getLogger("sentri.memory")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -61,8 +61,7 @@ class MemoryTrimmer:
     def __init__(self, interval_s: float, trim: Optional[Callable[[int], int]]) -> None:
         self.interval_s = interval_s
         self._trim = trim
-        self._timer: Optional[PeriodicCallback] = None
-        self._running: Optional[asyncio.Future[int]] = None
+        self._job = PeriodicJob(self.trim_now, interval_s)
         self.trims = 0
 
     @property
@@ -70,19 +69,11 @@ class MemoryTrimmer:
         return self.interval_s > 0 and self._trim is not None
 
     def start(self) -> None:
-        if not self.enabled or self._timer is not None:
-            return
-        self._timer = PeriodicCallback(self._tick, self.interval_s * 1000)
-        self._timer.start()
+        if self.enabled:
+            self._job.start()
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-
-    def _tick(self) -> None:
-        if self._running is None or self._running.done():  # a slow trim is never stacked
-            self._running = asyncio.ensure_future(self.trim_now())
+        self._job.stop()
 
     async def trim_now(self) -> int:
         """One trim off the loop thread; the bytes of RSS it gave back (0 when unknown)."""

@@ -16,12 +16,12 @@ write the file (workers, the Node backend) keep SQLite's default. PostgreSQL has
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Optional, Tuple
 
 import peewee
-from tornado.ioloop import PeriodicCallback
+
+from .periodic import PeriodicJob
 
 log = logging.getLogger("sentri.store")
 
@@ -40,25 +40,16 @@ class WalCheckpointer:
                  interval_s: float = INTERVAL_S) -> None:
         self.database = database
         self.run = run
-        self.interval_s = interval_s
-        self._timer: Optional[PeriodicCallback] = None
-        self._running: Optional[asyncio.Future[Optional[Checkpoint]]] = None
+        self._job = PeriodicJob(self.checkpoint, interval_s)
         self._failing = False
         self.checkpoints = 0  # checkpoints that completed (tests read it)
 
     def start(self) -> None:
-        if self._timer is None and isinstance(self.database, peewee.SqliteDatabase):
-            self._timer = PeriodicCallback(self._tick, self.interval_s * 1000)
-            self._timer.start()
+        if isinstance(self.database, peewee.SqliteDatabase):
+            self._job.start()
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-
-    def _tick(self) -> None:
-        if self._running is None or self._running.done():  # a slow disk: never two at once
-            self._running = asyncio.ensure_future(self.checkpoint())
+        self._job.stop()
 
     async def checkpoint(self) -> Optional[Checkpoint]:
         """One passive checkpoint; its answer, or None if it failed (logged once per failing spell)."""

@@ -23,6 +23,7 @@ from sentri.tokens import mint
 from sentri.writes import iso_now
 
 from . import pg, schemas, sseclient
+from .access_lines import access_lines  # noqa: F401  (fixture: the access lines a test wrote)
 from .logcheck import expect_log, fail_on_unexpected_logs  # noqa: F401  (fixtures: a WARNING+ line fails a test)
 from .logsweep import remember_secret, session_log_dir, sweep_session_logs_for_secrets  # noqa: F401  (docs/settings.md §4 sweep)
 from .markers import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (the redis marker)

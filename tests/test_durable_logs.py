@@ -21,9 +21,9 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @contextlib.contextmanager
-def models_bound_to(url, tmp_path) -> Iterator[object]:
-    """The database at ``url`` with the schema, the models' for the block."""
-    database = open_database(url, str(tmp_path), 8)
+def models_bound_to(url, tmp_path, **options: Any) -> Iterator[Any]:
+    """The database at ``url`` (``open_database``'s ``options``) with the schema, the models' for the block."""
+    database = open_database(url, str(tmp_path), 8, **options)
     ensure_schema(database)
     previous = database_proxy.obj
     database_proxy.initialize(database)

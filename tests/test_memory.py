@@ -62,7 +62,7 @@ def test_an_interval_of_zero_or_a_c_library_without_malloc_trim_starts_no_timer(
     for trimmer in (MemoryTrimmer(0.0, trim=lambda pad: 1), MemoryTrimmer(30.0, trim=None)):
         trimmer.start()
         assert not trimmer.enabled
-        assert trimmer._timer is None
+        assert not trimmer._job.started
 
 
 @pytest.mark.skipif(not ON_GLIBC, reason="malloc_trim is glibc's")

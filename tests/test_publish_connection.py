@@ -19,7 +19,7 @@ from sentri import group_commit
 from sentri.accept import HTTPServer
 from sentri.models import RunLog
 
-from .test_publish_fastpath import ORIGIN, PATH, PUBLISH_TOKEN, AccessLines, body_of, normalised, status_of
+from .test_publish_fastpath import ORIGIN, PATH, PUBLISH_TOKEN, body_of, normalised, status_of
 
 ACCEPTED = re.compile(rb'HTTP/1\.1 202 Accepted\r\n.*\r\n\r\n\{"id":"[^"]+"\}', re.S)
 
@@ -27,18 +27,6 @@ ACCEPTED = re.compile(rb'HTTP/1\.1 202 Accepted\r\n.*\r\n\r\n\{"id":"[^"]+"\}', 
 @pytest.fixture
 def settings(settings):
     return settings.replace(publish_token=PUBLISH_TOKEN, publish_max_bytes=1024, retry_ms=0, cors_origin=[ORIGIN])
-
-
-@pytest.fixture
-def access_lines() -> Iterator[AccessLines]:
-    logger = logging.getLogger("sentri.access")
-    collector = AccessLines()
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(collector)
-    yield collector
-    logger.removeHandler(collector)
-    logger.setLevel(level)
 
 
 def publish(body: bytes = b'{"type":"log","message":"hello"}', path: str = PATH, headers: str = "",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Iterator, List
 
 import pytest
 import tornado.httpserver
@@ -25,6 +25,8 @@ from handlers.base import NotFoundHandler
 from sentri import group_commit
 from sentri.logs import log_request
 from sentri.models import RunLog
+
+from .access_lines import AccessLines
 
 PUBLISH_TOKEN = "publish-secret-0123456789"
 PATH = "/api/v1/runs/RUN-1/events"
@@ -65,29 +67,6 @@ def handler_runs(monkeypatch) -> List[str]:
 
     monkeypatch.setattr(publish_api.PublishEventHandler, "prepare", counted)
     return seen
-
-
-class AccessLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: List[Tuple[str, Dict[str, Any]]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = dict(getattr(record, "fields", {}))
-        fields.pop("ms", None)
-        self.lines.append((record.getMessage(), fields))
-
-
-@pytest.fixture
-def access_lines() -> Iterator[AccessLines]:
-    logger = logging.getLogger("sentri.access")
-    collector = AccessLines()
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(collector)
-    yield collector
-    logger.removeHandler(collector)
-    logger.setLevel(level)
 
 
 async def exchange(port: int, request: bytes) -> bytes:

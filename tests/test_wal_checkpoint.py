@@ -5,34 +5,23 @@ beside them, and the log stays short."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import Any, Iterator, Tuple
+from typing import Any, Tuple
 
 import peewee
 import pytest
 
 from sentri.app import build_context, start, stop
-from sentri.models import database_proxy
-from sentri.store import ensure_schema, open_database
 from sentri.wal_checkpoint import WalCheckpointer
 from sentri.writes import Write, commit_writes
+
+from .test_durable_logs import models_bound_to
 
 # A line of about 1 KB: 16 a turn fill about four pages of the log.
 LINE = "[2026-01-01T00:00:00.000Z] " + "x" * 1000
 
 
-@contextlib.contextmanager
-def sqlite_database(tmp_path: Any, checkpoint_in_commits: bool) -> Iterator[Any]:
-    database = open_database(f"sqlite:///{tmp_path}/wal.db", str(tmp_path), 2,
-                             checkpoint_in_commits=checkpoint_in_commits)
-    ensure_schema(database)
-    previous = database_proxy.obj
-    database_proxy.initialize(database)
-    try:
-        yield database
-    finally:
-        database_proxy.initialize(previous)
-        database.close_all()
+def sqlite_database(tmp_path: Any, checkpoint_in_commits: bool) -> Any:
+    return models_bound_to(f"sqlite:///{tmp_path}/wal.db", tmp_path, checkpoint_in_commits=checkpoint_in_commits)
 
 
 def commit_turns(database: Any, turns: int) -> None:
