@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -140,8 +140,9 @@ async def test_a_request_arriving_in_pieces_is_served_once_whole(producer, world
 
 # Requests the route does not serve itself: Tornado's path answers them (refusals, another path,
 # what only Tornado's parser handles). The connection goes on unless Tornado ends it: after a
-# malformed head, and after a refusal made before the body was read (401, 413).
-NOT_SERVED_HERE = {
+# malformed head, and after a refusal made before the body was read (401, 413). None: it goes on
+# when Tornado accepts the request (a folded header: Tornado 6.5 unfolds it, 6.6 answers 400).
+NOT_SERVED_HERE: Dict[str, Tuple[bytes, Optional[bool]]] = {
     "bad JSON": (publish(b"{not json"), True),
     "bad event": (publish(b'[{"type":"log","message":"a"},{"type":"log"}]'), True),
     "unknown run": (publish(path="/api/v1/runs/RUN-404/events"), True),
@@ -152,7 +153,7 @@ NOT_SERVED_HERE = {
     "query string": (publish(path=PATH + "?x=1"), True),
     "a header twice": (publish(headers="Origin: a\r\nOrigin: b\r\n"), True),
     "a token twice": (publish(headers=f"Authorization: Bearer {PUBLISH_TOKEN}\r\n"), False),
-    "a folded header": (publish(headers="X-Note: a\r\n b\r\n"), False),
+    "a folded header": (publish(headers="X-Note: a\r\n b\r\n"), None),
     "chunked body": (f"POST {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PUBLISH_TOKEN}\r\n"
                      "Transfer-Encoding: chunked\r\n\r\n20\r\n{\"type\":\"log\",\"message\":\"chunk\"}\r\n0\r\n\r\n"
                      .encode(), True),
@@ -170,6 +171,8 @@ async def test_a_request_the_route_does_not_serve_gets_tornados_own_answer(port,
     raw, connection_goes_on = NOT_SERVED_HERE[name]
     kept = await producer.send(raw)
     assert normalised(kept) == normalised(await first_on_a_new_connection(port, raw))
+    if connection_goes_on is None:
+        connection_goes_on = status_of(kept) == 202
     if connection_goes_on:
         assert ACCEPTED.fullmatch(await producer.send(publish(b'{"type":"log","message":"after"}')))
         await asyncio.sleep(0)
