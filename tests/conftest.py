@@ -24,14 +24,21 @@ from sentri.writes import iso_now
 
 from . import pg, schemas, sseclient
 from .access_lines import access_lines  # noqa: F401  (fixture: the access lines a test wrote)
+from .crash_log import write_crash_stacks_to_the_crash_log
 from .logcheck import expect_log, fail_on_unexpected_logs  # noqa: F401  (fixtures: a WARNING+ line fails a test)
 from .logsweep import remember_secret, session_log_dir, sweep_session_logs_for_secrets  # noqa: F401  (docs/settings.md §4 sweep)
-from .markers import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (the redis marker)
+from .markers import add_markers, pytest_collection_modifyitems  # noqa: F401  (the redis marker)
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef"
 ARTIFACT_SECRET = "test-artifact-secret"
 remember_secret(JWT_SECRET)
 remember_secret(ARTIFACT_SECRET)
+
+
+@pytest.hookimpl(trylast=True)  # trylast: the crash log replaces pytest's faulthandler on stderr
+def pytest_configure(config: Any) -> None:
+    add_markers(config)
+    write_crash_stacks_to_the_crash_log(config)
 
 
 @pytest.fixture(autouse=True)

@@ -22,10 +22,10 @@ from typing import Any, List
 
 import pytest
 
-__all__ = ["pytest_collection_modifyitems", "pytest_configure"]
+__all__ = ["add_markers", "pytest_collection_modifyitems"]
 
 
-def pytest_configure(config: Any) -> None:
+def add_markers(config: Any) -> None:
     config.addinivalue_line("markers", "redis: needs a Redis server; deselected in the tox noredis env")
     config.addinivalue_line("markers", "redis_cluster: starts a Redis Cluster of 6 redis-server processes")
     config.addinivalue_line("markers", "soak: the fault-injecting soak (bench/soak.py); runs only when -m names it")
