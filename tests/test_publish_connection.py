@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -212,6 +213,47 @@ async def test_a_producer_that_hangs_up_mid_publish_still_has_its_line_stored(pr
         await asyncio.sleep(0.01)
     assert http_server.publish_connections == set()
     assert stored_messages(context)[-1] == (2, "then gone")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_producer_reading_its_answers_late_gets_every_one_in_order(port, http_server, world, context,
+                                                                          monkeypatch):
+    from handlers.publish_connection import PublishConnection
+
+    unsent_handed_back: List[int] = []
+    hand_back = PublishConnection._hand_back
+
+    def watched_hand_back(connection: PublishConnection, request: bytes, unsent: bytes = b"") -> None:
+        if unsent:
+            unsent_handed_back.append(len(unsent))
+        hand_back(connection, request, unsent)
+
+    monkeypatch.setattr(PublishConnection, "_hand_back", watched_hand_back)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: no autotuning
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    producer = Producer(*await asyncio.open_connection(sock=sock))
+    assert ACCEPTED.fullmatch(await producer.send(publish()))
+    await asyncio.sleep(0)
+    (connection,) = http_server.publish_connections
+    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    producer.writer.transport.pause_reading()  # the producer stops reading its answers
+
+    count = 600
+    producer.writer.write(b"".join(publish(f'{{"type":"log","message":"late {n}"}}'.encode()) for n in range(count)))
+    for _ in range(1000):
+        if unsent_handed_back:
+            break
+        await asyncio.sleep(0.01)
+    assert unsent_handed_back  # a 202 the socket took only part of went to Tornado to finish
+    producer.writer.transport.resume_reading()
+    answers = [await producer.answer() for _ in range(count)]
+    producer.close()
+    assert all(ACCEPTED.fullmatch(answer) for answer in answers)
+    seqs = [int(re.search(rb'"id":"\d+-(\d+)"', answer).group(1)) for answer in answers]
+    assert seqs == list(range(2, count + 2))
+    assert stored_messages(context)[1:] == [(n + 2, f"late {n}") for n in range(count)]
 
 
 @pytest.mark.gen_test
