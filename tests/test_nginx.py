@@ -11,6 +11,7 @@ list of lines published, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -33,18 +34,22 @@ LIVE_EVENT_BOUND_S = 0.5
 
 @pytest.fixture
 def cluster(database_url, world, tmp_path, session_log_dir):
-    redis = RedisServer(str(tmp_path)).start()
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis.url, "JWT_SECRET": JWT_SECRET,
-           "ARTIFACT_SECRET": ARTIFACT_SECRET, "SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN, "LOG_JSON": "true",
-           "SENTRI_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S), "SENTRI_DRAIN_WINDOW_S": str(DRAIN_WINDOW_S),
-           "SENTRI_DATA_DIR": str(tmp_path)}
-    instances = [Instance(env, session_log_dir).start() for _ in range(2)]
-    nginx = Nginx(str(tmp_path), [instance.port for instance in instances], session_log_dir).start()
-    yield nginx, instances
-    nginx.stop()
-    for instance in instances:
-        instance.stop()
-    redis.stop()
+    # Each part stops when the test ends, or at once when a later one fails to start (no nginx
+    # installed): nothing started outlives the test.
+    with contextlib.ExitStack() as started:
+        redis = RedisServer(str(tmp_path)).start()
+        started.callback(redis.stop)
+        env = {"DATABASE_URL": database_url, "REDIS_URL": redis.url, "JWT_SECRET": JWT_SECRET,
+               "ARTIFACT_SECRET": ARTIFACT_SECRET, "SENTRI_PUBLISH_TOKEN": PUBLISH_TOKEN, "LOG_JSON": "true",
+               "SENTRI_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S), "SENTRI_DRAIN_WINDOW_S": str(DRAIN_WINDOW_S),
+               "SENTRI_DATA_DIR": str(tmp_path)}
+        instances = []
+        for _ in range(2):
+            instances.append(Instance(env, session_log_dir).start())
+            started.callback(instances[-1].stop)
+        nginx = Nginx(str(tmp_path), [instance.port for instance in instances], session_log_dir).start()
+        started.callback(nginx.stop)
+        yield nginx, instances
 
 
 async def publish(port: int, run_id: str, event: Dict[str, Any]) -> str:
