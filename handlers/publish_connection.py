@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from sentri.accept import HTTPServer
 
 
-
 ACCEPTED_LINE = b"HTTP/1.1 202 Accepted\r\n"
 _EVENTS_PATH = re.compile(r"/api/v1/runs/([^/?%]+)/events")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
